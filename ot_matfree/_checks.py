@@ -1,0 +1,63 @@
+"""Input validation shared by the public entry points.
+
+Shape and dtype problems raise at call time; value problems (NaN, bad
+weights, epsilon <= 0) raise at run time through `eqx.error_if`, which also
+works under `jit` and `vmap`.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+
+def check_points(name: str, z) -> Array:
+    z = jnp.asarray(z)
+    if z.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (num_points, dim), got shape {z.shape}.")
+    if z.shape[0] == 0:
+        raise ValueError(f"`{name}` has no points.")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {z.dtype}.")
+    return eqx.error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
+
+
+def check_weights(name: str, w, size: int, dtype) -> Array:
+    """Positive weights summing to one; uniform when `w` is None."""
+    if w is None:
+        return jnp.full((size,), 1.0 / size, dtype)
+    w = jnp.asarray(w, dtype)
+    if w.shape != (size,):
+        raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
+    w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
+    w = eqx.error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
+    tol = jnp.sqrt(jnp.finfo(dtype).eps)
+    return eqx.error_if(
+        w,
+        jnp.abs(jnp.sum(w) - 1) > tol,
+        f"`{name}` must sum to 1 (balanced OT); normalise it with `{name} / {name}.sum()`.",
+    )
+
+
+def check_epsilon(epsilon, dtype) -> Array:
+    epsilon = jnp.asarray(epsilon, dtype)
+    if epsilon.ndim != 0:
+        raise ValueError(f"`epsilon` must be a scalar, got shape {epsilon.shape}.")
+    return eqx.error_if(
+        epsilon, ~(jnp.isfinite(epsilon) & (epsilon > 0)), "`epsilon` must be finite and > 0."
+    )
+
+
+def check_same_dim(x: Array, y: Array) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"`x` and `y` must have the same dimension, got {x.shape[1]} and {y.shape[1]}."
+        )
+    if x.dtype != y.dtype:
+        raise TypeError(f"`x` and `y` must have the same dtype, got {x.dtype} and {y.dtype}.")
+
+
+def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
+    v = jnp.asarray(v, dtype)
+    if v.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}, got {v.shape}.")
+    return eqx.error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")

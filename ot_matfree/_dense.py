@@ -1,0 +1,47 @@
+"""Dense analytic Hessian w.r.t. the points: the small-problem reference.
+
+O(n m d^2 + (n d)^2) memory and O((n + m)^3) time: for tests and for
+benchmarking the matrix-free HVPs against, not for large problems.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._costs import pairwise
+from ._coupling import Coupling
+from ._operators import coupling_operator
+from ._solver.dense import DenseSolver, pinv_apply
+
+
+@eqx.filter_jit
+def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Float[Array, "n d n d"]:
+    """The dense Hessian of `reg_ot_cost` w.r.t. `x`, shape (n, d, n, d).
+
+    `Hess = E^T H^+ E / eps + blockdiag_i sum_j P_ij (grad_11 c_ij -
+    grad_1 c_ij grad_1 c_ij^T / eps)`, where `E` ((n + m) x n d) maps `dx` to
+    the H-system's right-hand side and `H^+` is the pseudo-inverse of the
+    dense H-matrix with `solver.threshold` as relative eigenvalue cut-off
+    (Li, Lu, Tao & Ye's truncated-SVD regularisation when the threshold is
+    raised). Memory O(n m d^2 + (n d)^2): small problems only.
+    """
+    if not isinstance(solver, DenseSolver):
+        raise TypeError(f"`hessian_x` takes a DenseSolver, got {type(solver).__name__}.")
+    x, y, eps = coupling.x, coupling.y, coupling.epsilon
+    (n, d), m = x.shape, y.shape[0]
+    p = coupling_operator(coupling).as_matrix()
+    g1 = pairwise(jax.grad(coupling.cost, argnums=0), x, y)
+    g11 = pairwise(jax.hessian(coupling.cost, argnums=0), x, y)
+    h = jnp.block([[jnp.diag(p.sum(1)), p], [p.T, jnp.diag(p.sum(0))]])
+    pg = p[:, :, None] * g1
+    top = jnp.einsum("ik,id->ikd", jnp.eye(n, dtype=x.dtype), pg.sum(1)).reshape(n, n * d)
+    bottom = jnp.transpose(pg, (1, 0, 2)).reshape(m, n * d)
+    e = jnp.concatenate([top, bottom])
+    # Columns of E are not all consistent (sum(r) = sum(s) holds), so the
+    # pseudo-inverse is the same as for the projected right-hand side.
+    sol, _ = pinv_apply(h, e, solver.threshold)
+    hess = (e.T @ sol) / eps
+    block = jnp.einsum("ij,ijab->iab", p, g11 - jnp.einsum("ija,ijb->ijab", g1, g1) / eps)
+    hess = hess.reshape(n, d, n, d)
+    return hess + jnp.einsum("ik,iab->iakb", jnp.eye(n, dtype=x.dtype), block)

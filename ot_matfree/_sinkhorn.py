@@ -1,0 +1,144 @@
+"""Forward solver: log-domain Sinkhorn on streaming log-sum-exp reductions.
+
+Why not ott-jax's solver: ott-jax's online `PointCloud(batch_size=...)`
+crashes on jax 0.10, and differentiating its Sinkhorn in reverse mode keeps
+O(nm) residuals. Here the forward solve only needs row log-sum-exps, which
+stream in O((n + m) d + block * m) memory; derivatives never go through the
+iterations (they use the implicit-function rules of `_hvp.py`).
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._checks import check_epsilon, check_points, check_same_dim, check_weights
+from ._costs import AbstractCost, SqEuclidean, as_cost
+from ._coupling import Coupling
+from ._streaming import Kernel, row_logsumexp
+
+
+class Sinkhorn(eqx.Module):
+    """Log-domain Sinkhorn iterations (ott-jax's potential convention).
+
+    Each iteration updates `g` (making the column marginals exact) and then
+    `f`; the row-marginal error of the coupling `(f, g)` comes for free from
+    the `f` update, so convergence is checked at every iteration.
+
+    **Arguments:**
+
+    - `tol`: stop when `|P 1 - a|_1 <= tol` (columns are exact up to rounding).
+      Float32 cannot go much below `1e-6`.
+    - `max_iters`: iteration cap; `Coupling.converged` is `False` when reached.
+    - `progress`: optional callable `progress(iteration, marginal_error)`
+      called from inside the jitted loop every `progress_every` iterations
+      (through `jax.debug.callback`), e.g. to drive a tqdm bar.
+    - `progress_every`: how often `progress` is called.
+    """
+
+    tol: float = 1e-6
+    max_iters: int = 10_000
+    progress: Callable[[Array, Array], None] | None = eqx.field(static=True, default=None)
+    progress_every: int = eqx.field(static=True, default=10)
+
+    def __check_init__(self):
+        if not self.tol > 0:
+            raise ValueError(f"`tol` must be > 0, got {self.tol}.")
+        if self.max_iters < 1:
+            raise ValueError(f"`max_iters` must be >= 1, got {self.max_iters}.")
+
+
+def _potential(kernel: Kernel, log_w: Array, other: Array) -> Array:
+    """`eps log w_i - eps LSE_j (other_j - C_ij) / eps`."""
+    return kernel.epsilon * (log_w - row_logsumexp(kernel, other))
+
+
+@eqx.filter_jit
+def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size) -> Coupling:
+    kernel = Kernel(x, y, f_init, jnp.zeros(y.shape[0], x.dtype), epsilon, cost, block_size)
+    kernel_t = kernel.transpose()
+    log_a, log_b = jnp.log(a), jnp.log(b)
+
+    def cond(state):
+        it, _, _, _, err = state
+        return (it < solver.max_iters) & ~(err <= solver.tol)
+
+    def body(state):
+        it, f, _, _, _ = state
+        g = _potential(kernel_t, log_b, f)
+        f_next = _potential(kernel, log_a, g)
+        # Row sums of the coupling (f, g): a_i exp((f_i - f_next_i) / eps).
+        err = jnp.sum(jnp.abs(a * jnp.expm1((f - f_next) / epsilon)))
+        if solver.progress is not None:
+            jax.lax.cond(
+                (it + 1) % solver.progress_every == 0,
+                lambda: jax.debug.callback(solver.progress, it + 1, err),
+                lambda: None,
+            )
+        return it + 1, f_next, g, f, err
+
+    inf = jnp.asarray(jnp.inf, x.dtype)
+    init = (jnp.asarray(0), f_init, kernel.g, f_init, inf)
+    it, f_next, g, f, err = jax.lax.while_loop(cond, body, init)
+    total_mass = jnp.sum(a * jnp.exp((f - f_next) / epsilon))
+    reg_ot_cost = (
+        jnp.sum(a * (f - epsilon * log_a))
+        + jnp.sum(b * (g - epsilon * log_b))
+        + epsilon * (1 - total_mass)
+    )
+    return Coupling(
+        x=x, y=y, a=a, b=b, f=f, g=g, epsilon=epsilon, cost=cost, num_iters=it,
+        converged=err <= solver.tol, marginal_error=err, reg_ot_cost=reg_ot_cost,
+        block_size=block_size,
+    )
+
+
+def solve(
+    x: Float[Array, "n d"],
+    y: Float[Array, "m d"],
+    a: Float[Array, " n"] | None = None,
+    b: Float[Array, " m"] | None = None,
+    *,
+    epsilon: float | Float[Array, ""],
+    cost: AbstractCost | Callable = SqEuclidean(),
+    solver: Sinkhorn = Sinkhorn(),
+    block_size: int | None = None,
+    init: Float[Array, " n"] | None = None,
+) -> Coupling:
+    """Solve balanced entropic OT between two weighted point clouds.
+
+    `min_{P in U(a, b)} <P, C> + epsilon KL(P | a b^T)`, with potentials in
+    ott-jax's convention, so `Coupling.reg_ot_cost` equals ott-jax's
+    `reg_ot_cost`. Memory is O((n + m) d + block_size * m).
+
+    **Arguments:**
+
+    - `x`, `y`: source (n, d) and target (m, d) points.
+    - `a`, `b`: positive weights summing to one; uniform if `None`.
+    - `epsilon`: absolute entropic regularisation (> 0).
+    - `cost`: an `AbstractCost`, or any callable `c(x_i, y_j) -> scalar`
+      (e.g. an ott-jax `CostFn`).
+    - `solver`: a `Sinkhorn` instance (tolerance, iteration cap, progress).
+    - `block_size`: rows per streaming block; `None` picks it from a memory
+      budget (`ot_matfree._streaming.DEFAULT_BLOCK_BYTES`).
+    - `init`: initial `f` potential (warm start), shape (n,).
+
+    **Returns:** a `Coupling` with potentials and diagnostics
+    (`num_iters`, `converged`, `marginal_error`, `reg_ot_cost`). A solve that
+    hits `max_iters` returns `converged=False`; check it.
+    """
+    x = check_points("x", x)
+    y = check_points("y", y)
+    check_same_dim(x, y)
+    n, m = x.shape[0], y.shape[0]
+    a = check_weights("a", a, n, x.dtype)
+    b = check_weights("b", b, m, x.dtype)
+    epsilon = check_epsilon(epsilon, x.dtype)
+    if not isinstance(solver, Sinkhorn):
+        raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
+    f_init = jnp.zeros((n,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
+    if f_init.shape != (n,):
+        raise ValueError(f"`init` must have shape ({n},), got {f_init.shape}.")
+    return _solve(x, y, a, b, epsilon, as_cost(cost), solver, f_init, block_size)

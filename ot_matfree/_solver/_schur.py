@@ -1,0 +1,67 @@
+"""The normalised Schur complement of the H-matrix on its smaller side.
+
+With `Q` the coupling oriented as (larger side) x (smaller side), `p` the
+larger side's marginal and `q` the smaller side's, eliminating the larger
+side leaves `S = diag(q) - Q^T diag(1/p) Q`. In the variable `z = sqrt(q) dv`
+this is `N = I - Pt^T Pt` with `Pt = diag(p)^-1/2 Q diag(q)^-1/2`, whose
+eigenvalues are `1 - s_k^2` for the singular values `s_k` of `Pt`
+(`s_1 = 1`, null vector `sqrt(q)`). CG on `N` is CG on `S` with a Jacobi
+preconditioner; the spectral solvers work with `Pt` directly.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._operators import CouplingOperator, HOperator
+from ._base import fix_gauge
+
+
+class NormalisedSchur(eqx.Module):
+    """`N = I - Pt^T Pt` on the smaller side of an H-matrix (see module doc)."""
+
+    q_op: CouplingOperator
+    p: Float[Array, " big"]
+    q: Float[Array, " small"]
+    swapped: bool = eqx.field(static=True)
+
+    @classmethod
+    def from_h(cls, operator: HOperator) -> "NormalisedSchur":
+        n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
+        if m <= n:
+            return cls(operator.coupling, operator.a_hat, operator.b_hat, False)
+        return cls(operator.coupling.T, operator.b_hat, operator.a_hat, True)
+
+    @property
+    def null_vector(self) -> Float[Array, " small"]:
+        """Unit vector spanning the null space of `N` (and the top right
+        singular vector of `Pt`)."""
+        root = jnp.sqrt(self.q)
+        return root / jnp.linalg.norm(root)
+
+    def project(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
+        """Remove the null-vector component."""
+        u = self.null_vector
+        return z - jnp.vdot(u, z) * u
+
+    def pt_mv(self, z: Float[Array, " small"]) -> Float[Array, " big"]:
+        return self.q_op.mv(z / jnp.sqrt(self.q)) / jnp.sqrt(self.p)
+
+    def pt_rmv(self, w: Float[Array, " big"]) -> Float[Array, " small"]:
+        return self.q_op.T.mv(w / jnp.sqrt(self.p)) / jnp.sqrt(self.q)
+
+    def mv(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
+        return self.project(z - self.pt_rmv(self.pt_mv(z)))
+
+    def reduce(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, " small"]:
+        """Right-hand side of the normalised system (orthogonal to the null vector)."""
+        big, small = (s, r) if self.swapped else (r, s)
+        return self.project((small - self.q_op.T.mv(big / self.p)) / jnp.sqrt(self.q))
+
+    def recover(self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"]):
+        """`(df, dg)` from the normalised solution `z`, gauge fixed."""
+        big = s if self.swapped else r
+        d_small = z / jnp.sqrt(self.q)
+        d_big = (big - self.q_op.mv(d_small)) / self.p
+        df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
+        return fix_gauge(df, dg)

@@ -1,0 +1,114 @@
+"""Conjugate gradients on the normalised Schur complement.
+
+Why not `lineax.CG`: its stopping rule is componentwise (`|r_i| <= atol +
+rtol |b_i|` plus a step-size test), not relative to `|b|`, and its breakdown
+guard returns NaN, which is what makes ott-jax's float32 HVPs NaN from
+n ~ 3,000. Here the rule is `|r| <= max(rtol |b|, atol)`, breakdown stops the
+iteration with the last finite iterate, and the true final residual is
+reported. The operators are still lineax operators.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._operators import HOperator
+from ._base import AbstractLinearSolver, default_rtol, project_range
+from ._schur import NormalisedSchur
+
+
+def conjugate_gradient(
+    mv: Callable[[Array], Array],
+    b: Float[Array, " k"],
+    *,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    preconditioner: Callable[[Array], Array] | None = None,
+) -> tuple[Float[Array, " k"], dict[str, Array]]:
+    """(Preconditioned) CG for a symmetric PSD `mv` on a consistent `b`.
+
+    Stops when `|b - A x| <= max(rtol |b|, atol)`, after `max_steps`, or on
+    breakdown (`p^T A p <= 0`, which happens once the residual is at rounding
+    level). Never divides by zero.
+
+    **Returns:** `(x, stats)` with `num_steps`, `residual` (the true final
+    `|b - A x| / |b|`, one extra product) and `converged` (true residual
+    within twice the tolerance).
+    """
+    precond = (lambda r: r) if preconditioner is None else preconditioner
+    b_norm = jnp.linalg.norm(b)
+    tol = jnp.maximum(rtol * b_norm, atol)
+    zero = jnp.zeros((), b.dtype)
+
+    def cond(state):
+        k, _, r, _, _, broken = state
+        return (k < max_steps) & (jnp.linalg.norm(r) > tol) & ~broken
+
+    def body(state):
+        k, x, r, p, gamma, _ = state
+        ap = mv(p)
+        pap = jnp.vdot(p, ap)
+        ok = jnp.isfinite(pap) & (pap > 0)
+        alpha = jnp.where(ok, gamma / jnp.where(ok, pap, 1), zero)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precond(r)
+        gamma_next = jnp.vdot(r, z)
+        beta = jnp.where(gamma > 0, gamma_next / jnp.where(gamma > 0, gamma, 1), zero)
+        return k + 1, x, r, z + beta * p, gamma_next, ~ok
+
+    z0 = precond(b)
+    init = (jnp.asarray(0), jnp.zeros_like(b), b, z0, jnp.vdot(b, z0), jnp.asarray(False))
+    num_steps, x, _, _, _, _ = jax.lax.while_loop(cond, body, init)
+    residual_norm = jnp.linalg.norm(b - mv(x))
+    residual = residual_norm / jnp.where(b_norm > 0, b_norm, 1)
+    stats = {
+        "num_steps": num_steps,
+        "residual": residual,
+        # Slack of 2: the recurrence residual that stops the loop drifts from
+        # the true one by rounding.
+        "converged": residual_norm <= 2 * tol,
+    }
+    return x, stats
+
+
+class CG(AbstractLinearSolver):
+    """Conjugate gradients on the normalised Schur complement of the smaller side.
+
+    Each step costs two streaming passes over the coupling (`Pt` and `Pt^T`).
+    The gauge (null vector) is projected out of every product; the solution
+    returned is the minimum-norm one.
+
+    **Arguments:**
+
+    - `rtol`: stop when the residual of the normalised system is below
+      `rtol` times its right-hand side. `None`: 1e-10 in float64, 1e-5 in
+      float32.
+    - `atol`: absolute residual floor (default 0).
+    - `max_steps`: iteration cap; stats report `converged=False` when hit.
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    max_steps: int = 1000
+
+    def __check_init__(self):
+        if self.rtol is not None and not self.rtol >= 0:
+            raise ValueError(f"`rtol` must be >= 0, got {self.rtol}.")
+        if not self.atol >= 0:
+            raise ValueError(f"`atol` must be >= 0, got {self.atol}.")
+        if self.max_steps < 1:
+            raise ValueError(f"`max_steps` must be >= 1, got {self.max_steps}.")
+
+    def solve(self, operator: HOperator, r, s):
+        r, s = project_range(r, s)
+        schur = NormalisedSchur.from_h(operator)
+        rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
+        z, stats = conjugate_gradient(
+            schur.mv, schur.reduce(r, s), rtol=rtol, atol=self.atol, max_steps=self.max_steps
+        )
+        df, dg = schur.recover(z, r, s)
+        return df, dg, stats

@@ -1,0 +1,143 @@
+"""Streaming reductions over the coupling `P_ij = exp((f_i + g_j - C_ij) / eps)`.
+
+This is the only layer that touches the n x m structure. Rows are processed in
+blocks of `block_size` rows inside a `lax.scan`; a block holds at most
+`block_size x m` entries (times a small per-pair width), so memory is
+O((n + m)(d + k) + block_size * m) and no n x m array is ever formed.
+Per-row results are stacked; per-column results are accumulated in the scan
+carry, so one pass yields both `P @ V` and `P^T @ U`.
+"""
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PyTree
+
+from ._costs import AbstractCost
+
+#: Working memory a single block may use, in bytes, when no block size is given.
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+def block_rows(n: int, m: int, width: int, itemsize: int, block_size: int | None) -> int:
+    """Rows per block: `block_size` if given, else as many as fit the budget.
+
+    `width` is the number of `block x m` arrays a reduction keeps alive.
+    """
+    if block_size is not None:
+        if block_size < 1:
+            raise ValueError(f"`block_size` must be a positive integer, got {block_size}.")
+        return min(block_size, n)
+    rows = DEFAULT_BLOCK_BYTES // max(1, m * width * itemsize)
+    return int(min(n, max(1, rows)))
+
+
+def stream(
+    block_fn: Callable,
+    rows: PyTree[Array],
+    col_init: PyTree[Array],
+    block: int,
+) -> tuple[PyTree[Array], PyTree[Array]]:
+    """Scan `block_fn` over row blocks.
+
+    `block_fn(rows_block, valid) -> (row_out, col_out)`: `rows_block` has the
+    leaves of `rows` cut to `block` rows (the last block zero-padded), `valid`
+    marks real rows; `row_out` leaves have leading dimension `block`, `col_out`
+    has the structure of `col_init` and is summed over blocks (padded rows must
+    contribute zero).
+    """
+    n = jax.tree_util.tree_leaves(rows)[0].shape[0]
+    num_blocks = math.ceil(n / block)
+    pad = num_blocks * block - n
+
+    def cut(leaf):
+        widths = [(0, pad)] + [(0, 0)] * (leaf.ndim - 1)
+        return jnp.pad(leaf, widths).reshape(num_blocks, block, *leaf.shape[1:])
+
+    blocked = jax.tree_util.tree_map(cut, rows)
+    valid = (jnp.arange(num_blocks * block) < n).reshape(num_blocks, block)
+
+    def body(acc, blk):
+        rows_block, valid_block = blk
+        row_out, col_out = block_fn(rows_block, valid_block)
+        return jax.tree_util.tree_map(jnp.add, acc, col_out), row_out
+
+    col_total, row_out = jax.lax.scan(body, col_init, (blocked, valid))
+    row_out = jax.tree_util.tree_map(
+        lambda o: o.reshape(num_blocks * block, *o.shape[2:])[:n], row_out
+    )
+    return row_out, col_total
+
+
+class Kernel(eqx.Module):
+    """The coupling in factored form: points, potentials, epsilon and cost.
+
+    `P_ij = exp((f_i + g_j - c(x_i, y_j)) / epsilon)`.
+    """
+
+    x: Float[Array, "n d"]
+    y: Float[Array, "m d"]
+    f: Float[Array, " n"]
+    g: Float[Array, " m"]
+    epsilon: Float[Array, ""]
+    cost: AbstractCost
+    block_size: int | None = eqx.field(static=True, default=None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.x.shape[0], self.y.shape[0]
+
+    def transpose(self) -> "Kernel":
+        return Kernel(self.y, self.x, self.g, self.f, self.epsilon, self.cost.transpose(), self.block_size)
+
+    def block(self, width: int) -> int:
+        n, m = self.shape
+        return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
+
+    def logits(self, xb, fb) -> Float[Array, "k m"]:
+        return (fb[:, None] + self.g[None, :] - self.cost.matrix(xb, self.y)) / self.epsilon
+
+    def probs(self, xb, fb, valid: Bool[Array, " k"]) -> Float[Array, "k m"]:
+        """The block `P[rows, :]`, zero on padded rows."""
+        return jnp.where(valid[:, None], jnp.exp(self.logits(xb, fb)), 0.0)
+
+
+def row_logsumexp(kernel: Kernel, g_weights: Float[Array, " m"]) -> Float[Array, " n"]:
+    """`LSE_j (w_j - C_ij) / eps` for every row i: the Sinkhorn row update."""
+
+    def block_fn(rows, valid):
+        xb, = rows
+        z = (g_weights[None, :] - kernel.cost.matrix(xb, kernel.y)) / kernel.epsilon
+        return jax.nn.logsumexp(z, axis=1), ()
+
+    out, _ = stream(block_fn, (kernel.x,), (), kernel.block(2))
+    return out
+
+
+def apply(
+    kernel: Kernel, v: Float[Array, " m *k"] | None = None, u: Float[Array, " n *k"] | None = None
+) -> tuple[Float[Array, " n *k"] | None, Float[Array, " m *k"] | None]:
+    """`(P @ v, P^T @ u)` in one pass; either input may be `None`."""
+    n, m = kernel.shape
+    dtype = kernel.x.dtype
+    col_init = () if u is None else jnp.zeros((m, *u.shape[1:]), dtype)
+    rows = (kernel.x, kernel.f) if u is None else (kernel.x, kernel.f, u)
+
+    def block_fn(rows, valid):
+        p = kernel.probs(rows[0], rows[1], valid)
+        row_out = () if v is None else jnp.tensordot(p, v, axes=1)
+        col_out = () if u is None else jnp.tensordot(p, rows[2], axes=((0,), (0,)))
+        return row_out, col_out
+
+    row_out, col_out = stream(block_fn, rows, col_init, kernel.block(2))
+    return (None if v is None else row_out), (None if u is None else col_out)
+
+
+def marginals(kernel: Kernel) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+    """Row and column sums `(P 1, P^T 1)` in one pass."""
+    n, m = kernel.shape
+    dtype = kernel.x.dtype
+    return apply(kernel, jnp.ones((m,), dtype), jnp.ones((n,), dtype))
