@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ott.geometry import costs
 
 import ot_matfree as om
@@ -209,3 +211,26 @@ def test_float32_hvp_is_finite_and_close_to_float64():
     assert hv.dtype == jnp.float32
     assert jnp.all(jnp.isfinite(hv))
     assert rel_err(hv.astype(jnp.float64), ref) < 1e-3
+
+
+@settings(max_examples=3, deadline=None)
+@given(
+    n=st.integers(3, 16),
+    m=st.integers(3, 16),
+    d=st.integers(1, 4),
+    log_eps=st.floats(-1.5, 0.5),
+    seed=st.integers(0, 2**16),
+)
+def test_joint_hvp_matches_ott_on_random_problems(n, m, d, log_eps, seed):
+    # Problems drawn fresh on every run: nothing here was tuned.
+    epsilon = float(10**log_eps)
+    x, y, a, b = problem(seed, n, m, d)
+    coupling = om.solve(x, y, a, b, epsilon=epsilon, solver=TIGHT)
+    assert bool(coupling.converged)
+    tangent = tangents(seed, n, m, d)
+    expected = ott_jvp_of_grad(epsilon, (x, y, a, b), tangent)
+    actual = om.hvp(coupling, *tangent, linear_solver=CG)
+    for i, (got, want) in enumerate(zip(actual, expected)):
+        if i >= 2:
+            got, want = centred(got), centred(want)
+        assert rel_err(got, want) < RTOL, i
