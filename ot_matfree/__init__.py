@@ -1,6 +1,6 @@
 """ot_matfree: matrix-free gradients and Hessian-vector products of entropic OT."""
 
-import importlib.metadata
+import importlib.metadata as _metadata
 
 from ._costs import AbstractCost as AbstractCost
 from ._costs import FunctionCost as FunctionCost
@@ -12,6 +12,9 @@ from ._hvp import grad as grad
 from ._hvp import grad_x as grad_x
 from ._hvp import hvp as hvp
 from ._hvp import hvp_x as hvp_x
+from ._losses import ot_cost as ot_cost
+from ._losses import sinkhorn_distance as sinkhorn_distance
+from ._losses import sinkhorn_divergence as sinkhorn_divergence
 from ._operators import CouplingOperator as CouplingOperator
 from ._operators import HOperator as HOperator
 from ._operators import coupling_operator as coupling_operator
@@ -21,8 +24,12 @@ from ._sinkhorn import solve as solve
 from ._solver._base import AbstractLinearSolver as AbstractLinearSolver
 from ._solver.cg import CG as CG
 from ._solver.dense import DenseSolver as DenseSolver
+from ._solver._spectral_basis import Spectrum as Spectrum
+from ._solver._spectral_basis import spectrum as spectrum
+from ._solver.spectral_cg import SpectralCG as SpectralCG
+from ._solver.truncated_svd import TruncatedSVD as TruncatedSVD
 
 try:
-    __version__ = importlib.metadata.version("ot-matfree")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = _metadata.version("ot-matfree")
+except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"

@@ -40,7 +40,8 @@ def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Flo
     e = jnp.concatenate([top, bottom])
     # Columns of E are not all consistent (sum(r) = sum(s) holds), so the
     # pseudo-inverse is the same as for the projected right-hand side.
-    sol, _ = pinv_apply(h, e, solver.threshold)
+    scale = jnp.concatenate([p.sum(1), p.sum(0)]) if solver.normalise else None
+    sol, _ = pinv_apply(h, e, solver.threshold, scale)
     hess = (e.T @ sol) / eps
     block = jnp.einsum("ij,ijab->iab", p, g11 - jnp.einsum("ija,ijb->ijab", g1, g1) / eps)
     hess = hess.reshape(n, d, n, d)

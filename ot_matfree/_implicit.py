@@ -1,0 +1,159 @@
+"""Forward-mode (JVP) rules for the Sinkhorn potentials and for H-solves.
+
+Derivative-rule layer, like `_hvp.py`. These make JAX's own forward mode
+correct through code that uses the potentials: the potentials' tangent is the
+implicit-function solution (one H-solve, MATH.md "Joint Hessian-vector
+product", steps 1-3) instead of a differentiation of the Sinkhorn loop, and
+the tangent of `H^+ rhs` is `H^+ (d rhs - dH H^+ rhs)` (one more H-solve; the
+null vector `(1_n, -1_m)` of H does not move, so this is exact for the
+pseudo-inverse). Everything else (streaming reductions) is differentiated by
+JAX in forward mode, which keeps memory O((n + m) d + block * m).
+
+Both rules are forward-only: their tangents contain an iterative solve (a
+`while_loop`), which JAX cannot transpose. Reverse mode through them raises
+`REVERSE_OVER_REVERSE_MSG`.
+"""
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+from ._costs import AbstractCost
+from ._pair_reductions import tangent_marginals
+from ._operators import HOperator
+from ._sinkhorn import Sinkhorn, solve
+from ._solver._base import AbstractLinearSolver
+from ._streaming import Kernel, apply, marginals
+
+#: Raised when a second derivative is requested in reverse mode.
+REVERSE_OVER_REVERSE_MSG = (
+    "ot_matfree: reverse mode over a first derivative (jax.grad(jax.grad(f)), "
+    "jax.jacrev(jax.grad(f)), jax.vjp of a gradient) is not supported: second derivatives "
+    "contain an iterative linear solve (a while_loop) that JAX cannot transpose. Use forward "
+    "over reverse instead: jax.jvp(jax.grad(f), ...), jax.jacfwd(jax.grad(f)) or "
+    "jax.hessian(f) (which is jacfwd(jacrev(f)))."
+)
+
+_EPS_TANGENT_MSG = (
+    "ot_matfree does not differentiate with respect to `epsilon`; pass it as a constant "
+    "(wrap it in jax.lax.stop_gradient if it is computed from differentiated values)."
+)
+
+
+class Config(eqx.Module):
+    """Static configuration shared by the differentiable functions."""
+
+    cost: AbstractCost
+    solver: Sinkhorn
+    linear_solver: AbstractLinearSolver
+    block_size: int | None = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
+
+
+def check_no_epsilon_tangent(t_eps) -> None:
+    if t_eps is not None:
+        raise ValueError(_EPS_TANGENT_MSG)
+
+
+def forward_only(tangents):
+    """Identity on tangents; raises `REVERSE_OVER_REVERSE_MSG` if transposed."""
+    return eqxi.nondifferentiable_backward(tangents, msg=REVERSE_OVER_REVERSE_MSG)
+
+
+def check_sinkhorn(value, converged, config: Config):
+    if not config.throw:
+        return value
+    return eqx.error_if(
+        value,
+        ~converged,
+        "ot_matfree: Sinkhorn did not reach `solver.tol` within `solver.max_iters`; raise "
+        "`max_iters`, loosen `tol`, increase `epsilon`, or pass `throw=False` (and check "
+        "`ot_matfree.solve(...).converged` yourself).",
+    )
+
+
+def check_linear_solve(value, stats, config: Config):
+    if not config.throw:
+        return value
+    return eqx.error_if(
+        value,
+        ~stats["converged"],
+        "ot_matfree: the H-matrix solve of a derivative did not converge; raise "
+        "`linear_solver.max_steps`, loosen its `rtol`, increase `epsilon`, or pass "
+        "`throw=False`.",
+    )
+
+
+def _zeros(t, p):
+    return jnp.zeros_like(p) if t is None else t
+
+
+def solve_coupling(x, y, a, b, epsilon, config: Config):
+    """`solve` with the configuration; the primal Sinkhorn pass of every rule."""
+    coupling = solve(
+        x, y, a, b, epsilon=epsilon, cost=config.cost, solver=config.solver,
+        block_size=config.block_size,
+    )
+    return coupling, check_sinkhorn(coupling.f, coupling.converged, config)
+
+
+@eqx.filter_custom_jvp
+def potentials(x, y, a, b, epsilon, *, config: Config):
+    """Sinkhorn potentials `(f, g)` whose JVP is the implicit-function tangent."""
+    coupling, f = solve_coupling(x, y, a, b, epsilon, config)
+    return f, coupling.g
+
+
+@potentials.def_jvp
+def _potentials_jvp(primals, tangents, *, config: Config):
+    x, y, a, b, epsilon = primals
+    tx, ty, ta, tb, t_eps = tangents
+    check_no_epsilon_tangent(t_eps)
+    coupling, f = solve_coupling(x, y, a, b, epsilon, config)
+    kernel = coupling.kernel
+    r, s = tangent_marginals(kernel, _zeros(tx, x), _zeros(ty, y))
+    r = r + epsilon * _zeros(ta, a)
+    s = s + epsilon * _zeros(tb, b)
+    a_hat, b_hat = marginals(kernel)
+    df, dg, stats = config.linear_solver.solve(HOperator(kernel, a_hat, b_hat), r, s)
+    df = check_linear_solve(df, stats, config)
+    return (f, coupling.g), forward_only((df, dg))
+
+
+def _h_apply(x, y, f, g, epsilon, u, v, cost, block_size):
+    """`H [u; v]` for the coupling of `(x, y, f, g)`, differentiable in all."""
+    kernel = Kernel(x, y, f, g, epsilon, cost, block_size)
+    a_hat, b_hat = marginals(kernel)
+    pv, ptu = apply(kernel, v=v, u=u)
+    return a_hat * u + pv, ptu + b_hat * v
+
+
+@eqx.filter_custom_jvp
+def h_solve(x, y, f, g, epsilon, r, s, *, config: Config):
+    """`[u; v] = H^+ [r; s]` (minimum-norm least squares) for the coupling `(x, y, f, g)`."""
+    kernel = Kernel(x, y, f, g, epsilon, config.cost, config.block_size)
+    a_hat, b_hat = marginals(kernel)
+    u, v, stats = config.linear_solver.solve(HOperator(kernel, a_hat, b_hat), r, s)
+    return check_linear_solve(u, stats, config), v
+
+
+@h_solve.def_jvp
+def _h_solve_jvp(primals, tangents, *, config: Config):
+    x, y, f, g, epsilon, r, s = primals
+    tx, ty, tf, tg, t_eps, tr, ts = tangents
+    check_no_epsilon_tangent(t_eps)
+    u, v = h_solve(x, y, f, g, epsilon, r, s, config=config)
+    # d(H^+ rhs) = H^+ (d rhs - dH u): H's null vector is constant, and both
+    # d rhs (when sum(r) = sum(s) identically) and dH u are orthogonal to it.
+    def h_times_uv(x_, y_, f_, g_):
+        return _h_apply(x_, y_, f_, g_, epsilon, u, v, config.cost, config.block_size)
+
+    _, (dhu, dhv) = jax.jvp(
+        h_times_uv,
+        (x, y, f, g),
+        (_zeros(tx, x), _zeros(ty, y), _zeros(tf, f), _zeros(tg, g)),
+    )
+    rhs = (_zeros(tr, r) - dhu, _zeros(ts, s) - dhv)
+    du, dv = h_solve(x, y, f, g, epsilon, *rhs, config=config)
+    return (u, v), forward_only((du, dv))
+

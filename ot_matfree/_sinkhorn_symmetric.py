@@ -1,0 +1,86 @@
+"""Symmetric Sinkhorn for the self-transport terms `OT(x, x)` of a divergence.
+
+Why: alternating Sinkhorn on `OT(x, x, a, a)` converges very slowly when
+epsilon is small against the point spacing (on the 17-point problem of the
+divergence example it is still at a marginal error of 1e-7 after 100,000
+iterations). The symmetric update of Feydy et al. (2019, eq. 25),
+`f <- (f + T(f)) / 2` with `T(f) = eps log a - eps LSE_j (f_j - C_ij) / eps`,
+keeps `f = g` and converges in tens of iterations. Same layer as
+`_sinkhorn.py`; memory O(n d + block * n).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_epsilon, check_points, check_weights
+from ._costs import AbstractCost, SqEuclidean
+from ._coupling import Coupling
+from ._sinkhorn import Sinkhorn, solve
+from ._streaming import Kernel, row_logsumexp
+
+
+def is_symmetric(cost: AbstractCost) -> bool:
+    """Whether `cost` is known to satisfy `c(x, x') = c(x', x)`."""
+    return isinstance(cost, SqEuclidean)
+
+
+@eqx.filter_jit
+def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size) -> Coupling:
+    n = x.shape[0]
+    log_a = jnp.log(a)
+
+    def transform(f):
+        kernel = Kernel(x, x, f, f, epsilon, cost, block_size)
+        return epsilon * (log_a - row_logsumexp(kernel, f))
+
+    def error(f, tf):
+        # Row sums of the coupling (f, f) are a_i exp((f_i - T(f)_i) / eps);
+        # column sums are the same by symmetry.
+        return 2 * jnp.sum(jnp.abs(a * jnp.expm1((f - tf) / epsilon)))
+
+    def cond(state):
+        it, _, _, err = state
+        return (it < solver.max_iters) & ~(err <= solver.tol)
+
+    def body(state):
+        it, f, tf, _ = state
+        f = 0.5 * (f + tf)
+        tf = transform(f)
+        err = error(f, tf)
+        if solver.progress is not None:
+            jax.lax.cond(
+                (it + 1) % solver.progress_every == 0,
+                lambda: jax.debug.callback(solver.progress, it + 1, err),
+                lambda: None,
+            )
+        return it + 1, f, tf, err
+
+    f0 = jnp.zeros((n,), x.dtype)
+    tf0 = transform(f0)
+    it, f, tf, err = jax.lax.while_loop(cond, body, (jnp.asarray(0), f0, tf0, error(f0, tf0)))
+    total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
+    reg_ot_cost = 2 * jnp.sum(a * (f - epsilon * log_a)) + epsilon * (1 - total_mass)
+    return Coupling(
+        x=x, y=x, a=a, b=a, f=f, g=f, epsilon=epsilon, cost=cost, num_iters=it,
+        converged=err <= solver.tol, marginal_error=err, reg_ot_cost=reg_ot_cost,
+        block_size=block_size,
+    )
+
+
+def solve_symmetric(
+    x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
+    block_size: int | None = None,
+) -> Coupling:
+    """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
+
+    Falls back to `solve(x, x, a, a, ...)` for costs not known to be symmetric.
+    `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
+    mass correction of an unconverged coupling).
+    """
+    if not is_symmetric(cost):
+        return solve(x, x, a, a, epsilon=epsilon, cost=cost, solver=solver, block_size=block_size)
+    x = check_points("x", x)
+    a = check_weights("a", a, x.shape[0], x.dtype)
+    epsilon = check_epsilon(epsilon, x.dtype)
+    return _solve_symmetric(x, a, epsilon, cost, solver, block_size)
