@@ -129,6 +129,8 @@ def part2(smoke):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="reduced sizes (CI)")
+    parser.add_argument("--out", default=None, help="markdown path (the PNG goes beside it); "
+                        "default benchmarks/results/conditioning_{cpu,smoke}.md")
     args = parser.parse_args()
     tag = "smoke" if args.smoke else "cpu"
     device = f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})"
@@ -162,8 +164,9 @@ def main():
                      f"{err:.1e} | {res:.1e} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"conditioning_{tag}.md").write_text(text)
+    out = pathlib.Path(args.out) if args.out else RESULTS / f"conditioning_{tag}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
     import matplotlib
 
@@ -188,8 +191,8 @@ def main():
     axes[2].set_ylabel("CG iterations (rtol 1e-8)")
     axes[2].set_title(f"n={n}, eps={eps}, uniform square")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"conditioning_{tag}.png", dpi=120)
-    print(f"wrote {RESULTS / f'conditioning_{tag}.md'} and .png")
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

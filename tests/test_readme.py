@@ -24,3 +24,15 @@ def test_readme_example_runs_and_agrees_with_finite_differences(capsys):
     steps, error = capsys.readouterr().out.split()
     assert int(steps) > 0
     assert float(error) < 1e-6
+
+
+def test_readme_losses_snippet_runs_and_is_consistent():
+    import jax.numpy as jnp
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Losses inside JAX programs.*?```python\n(.*?)```", readme, re.DOTALL)
+    ns = {}
+    exec(compile(code.group(1), "README losses snippet", "exec"), ns)
+    hess = ns["hess"].reshape(9, 9)
+    assert jnp.allclose(hess, hess.T, rtol=1e-8, atol=1e-10)
+    assert jnp.allclose(ns["hv"].reshape(9), hess @ jnp.ones(9), rtol=1e-8, atol=1e-10)
