@@ -61,3 +61,13 @@ def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
     if v.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got {v.shape}.")
     return eqx.error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
+
+
+def check_problem(x, y, a, b, epsilon):
+    """Validate a balanced OT problem; `None` weights become uniform."""
+    x = check_points("x", x)
+    y = check_points("y", y)
+    check_same_dim(x, y)
+    a = check_weights("a", a, x.shape[0], x.dtype)
+    b = check_weights("b", b, y.shape[0], x.dtype)
+    return x, y, a, b, check_epsilon(epsilon, x.dtype)

@@ -67,19 +67,23 @@ def hvp(
     (n, d), m = coupling.x.shape, coupling.y.shape[0]
     dtype = coupling.x.dtype
 
-    def tangent(name, v, shape):
-        return jnp.zeros(shape, dtype) if v is None else check_tangent(name, v, shape, dtype)
-
-    dx = tangent("dx", dx, (n, d))
-    dy = tangent("dy", dy, (m, d))
-    da = tangent("da", da, (n,))
-    db = tangent("db", db, (m,))
+    # Zero tangents stay `None` so the reductions skip their terms.
+    dx = None if dx is None else check_tangent("dx", dx, (n, d), dtype)
+    dy = None if dy is None else check_tangent("dy", dy, (m, d), dtype)
+    da = None if da is None else check_tangent("da", da, (n,), dtype)
+    db = None if db is None else check_tangent("db", db, (m,), dtype)
     eps = coupling.epsilon
     kernel = coupling.kernel
     r, s = tangent_marginals(kernel, dx, dy)
-    df, dg, stats = linear_solver.solve(h_operator(coupling), r + eps * da, s + eps * db)
+    if da is not None:
+        r = r + eps * da
+    if db is not None:
+        s = s + eps * db
+    df, dg, stats = linear_solver.solve(h_operator(coupling), r, s)
     out_x, out_y = tangent_gradients(kernel, dx, dy, df, dg)
-    out = (out_x, out_y, df - eps * da / coupling.a, dg - eps * db / coupling.b)
+    out_a = df if da is None else df - eps * da / coupling.a
+    out_b = dg if db is None else dg - eps * db / coupling.b
+    out = (out_x, out_y, out_a, out_b)
     return (out, stats) if return_stats else out
 
 

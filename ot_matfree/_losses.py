@@ -26,7 +26,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_epsilon, check_points, check_same_dim, check_weights
+from ._checks import check_problem
 from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._hvp import grad as _danskin_grad
 from ._hvp import hvp as _hvp
@@ -181,14 +181,8 @@ def _sharp_value_jvp(primals, tangents, *, config: Config):
 
 
 def _prepare(x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw):
-    x = check_points("x", x)
-    y = check_points("y", y)
-    check_same_dim(x, y)
-    n, m = x.shape[0], y.shape[0]
     # `None` weights become uniform constants: never differentiated.
-    a = check_weights("a", a, n, x.dtype)
-    b = check_weights("b", b, m, x.dtype)
-    epsilon = check_epsilon(epsilon, x.dtype)
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     if not isinstance(linear_solver, AbstractLinearSolver):

@@ -13,6 +13,11 @@ For a general cost they are evaluated pair by pair with `vmap` of
 cost, `grad_1 c = 2 (x_i - y_j) = -grad_2 c` and the second-order terms are
 `+-2 (dx_i - dy_j)`, so everything reduces to matrix products with thin
 matrices: no `k x m x d` array and far fewer flops.
+
+Zero tangents are passed as `None` and their terms skipped, never built as
+zero arrays: besides saving work, this avoids an XLA CPU bug (jaxlib 0.10,
+float32): a fused `exp(block) @ constant_matrix` (the "ynn" dot fusion) can
+return NaN when the constant is a broadcast such as `zeros((m, d))`.
 """
 
 import jax
@@ -37,10 +42,16 @@ def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
 
 
 def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
+    """`dC` on a block; `dxb` or `dy` may be `None` (zero), not both."""
     if isinstance(cost, SqEuclidean):
-        rows = jnp.sum(xb * dxb, axis=1)[:, None] - dxb @ y.T
-        cols = jnp.sum(y * dy, axis=1)[None, :] - xb @ dy.T
-        return 2 * (rows + cols)
+        dc = 0.0
+        if dxb is not None:
+            dc = dc + (jnp.sum(xb * dxb, axis=1)[:, None] - dxb @ y.T)
+        if dy is not None:
+            dc = dc + (jnp.sum(y * dy, axis=1)[None, :] - xb @ dy.T)
+        return 2 * dc
+    dxb = jnp.zeros_like(xb) if dxb is None else dxb
+    dy = jnp.zeros_like(y) if dy is None else dy
     return _per_pair(cost, xb, y, dxb, dy)[2]
 
 
@@ -50,14 +61,19 @@ def _contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
     if isinstance(cost, SqEuclidean):
         out_x = 2 * (jnp.sum(w, axis=1)[:, None] * xb - w @ y)
         out_y = 2 * (jnp.sum(w, axis=0)[:, None] * y - w.T @ xb)
-        if p is not None:
-            out_x = out_x + 2 * (jnp.sum(p, axis=1)[:, None] * dxb - p @ dy)
-            out_y = out_y + 2 * (jnp.sum(p, axis=0)[:, None] * dy - p.T @ dxb)
+        if p is not None and dxb is not None:
+            out_x = out_x + 2 * jnp.sum(p, axis=1)[:, None] * dxb
+            out_y = out_y - 2 * p.T @ dxb
+        if p is not None and dy is not None:
+            out_x = out_x - 2 * p @ dy
+            out_y = out_y + 2 * jnp.sum(p, axis=0)[:, None] * dy
         return out_x, out_y
-    if p is None:
+    if p is None or (dxb is None and dy is None):
         zx, zy = jnp.zeros_like(xb), jnp.zeros_like(y)
         g1, g2, _, _, _ = _per_pair(cost, xb, y, zx, zy)
         return jnp.einsum("km,kmd->kd", w, g1), jnp.einsum("km,kmd->md", w, g2)
+    dxb = jnp.zeros_like(xb) if dxb is None else dxb
+    dy = jnp.zeros_like(y) if dy is None else dy
     g1, g2, _, t1, t2 = _per_pair(cost, xb, y, dxb, dy)
     out_x = jnp.einsum("km,kmd->kd", w, g1) + jnp.einsum("km,kmd->kd", p, t1)
     out_y = jnp.einsum("km,kmd->md", w, g2) + jnp.einsum("km,kmd->md", p, t2)
@@ -82,11 +98,14 @@ def gradients(kernel: Kernel) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]
 
 
 def tangent_marginals(
-    kernel: Kernel, dx: Float[Array, "n d"], dy: Float[Array, "m d"]
+    kernel: Kernel, dx: Float[Array, "n d"] | None, dy: Float[Array, "m d"] | None
 ) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
     """`(sum_j P_ij dC_ij, sum_i P_ij dC_ij)`, the point part of the HVP's
-    right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`."""
-    m, d = kernel.y.shape
+    right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`.
+    `None` tangents are zero."""
+    (n, _), (m, d) = kernel.x.shape, kernel.y.shape
+    if dx is None and dy is None:
+        return jnp.zeros((n,), kernel.x.dtype), jnp.zeros((m,), kernel.x.dtype)
 
     def block_fn(rows, valid):
         xb, fb, dxb = rows
@@ -100,22 +119,25 @@ def tangent_marginals(
 
 def tangent_gradients(
     kernel: Kernel,
-    dx: Float[Array, "n d"],
-    dy: Float[Array, "m d"],
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
     df: Float[Array, " n"],
     dg: Float[Array, " m"],
 ) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
     """The point part of the HVP's output: with
     `dP_ij = P_ij (df_i + dg_j - dC_ij) / eps`,
     `(sum_j dP_ij grad_1 c_ij + P_ij (grad_11 c dx_i + grad_12 c dy_j),
-      sum_i dP_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j))`."""
+      sum_i dP_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j))`.
+    `None` tangents are zero."""
     m, d = kernel.y.shape
 
     def block_fn(rows, valid):
         xb, fb, dxb, dfb = rows
         p = kernel.probs(xb, fb, valid)
-        dc = _dc_block(kernel.cost, xb, kernel.y, dxb, dy)
-        dp = p * (dfb[:, None] + dg[None, :] - dc) / kernel.epsilon
+        shift = dfb[:, None] + dg[None, :]
+        if dxb is not None or dy is not None:
+            shift = shift - _dc_block(kernel.cost, xb, kernel.y, dxb, dy)
+        dp = p * shift / kernel.epsilon
         return _contract_block(kernel.cost, xb, kernel.y, dp, p, dxb, dy)
 
     col_init = jnp.zeros((m, d), kernel.x.dtype)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_epsilon, check_points, check_same_dim, check_weights
+from ._checks import check_problem
 from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._coupling import Coupling
 from ._streaming import Kernel, row_logsumexp
@@ -129,13 +129,8 @@ def solve(
     (`num_iters`, `converged`, `marginal_error`, `reg_ot_cost`). A solve that
     hits `max_iters` returns `converged=False`; check it.
     """
-    x = check_points("x", x)
-    y = check_points("y", y)
-    check_same_dim(x, y)
-    n, m = x.shape[0], y.shape[0]
-    a = check_weights("a", a, n, x.dtype)
-    b = check_weights("b", b, m, x.dtype)
-    epsilon = check_epsilon(epsilon, x.dtype)
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
+    n = x.shape[0]
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     f_init = jnp.zeros((n,), x.dtype) if init is None else jnp.asarray(init, x.dtype)

@@ -172,3 +172,24 @@ def test_float32_finite(solver):
     ref = om.hvp_x(ref_coupling, v.astype(jnp.float64), linear_solver=om.DenseSolver())
     if isinstance(solver, om.SpectralCG):
         assert rel_err(out.astype(jnp.float64), ref) < 1e-2
+
+
+def test_spectral_cg_survives_gaps_at_rounding_level():
+    # Regression (accuracy study, y independent, eps = 5e-5 x mean cost, N = 100):
+    # deflation gaps 1 - s^2 at rounding level made the preconditioner blow up.
+    import jax
+    import jax.numpy as jnp
+
+    import ot_matfree as om
+
+    kx, ky, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.uniform(kx, (100, 2))
+    y = jax.random.uniform(ky, (100, 2))
+    mean_cost = jnp.mean(jnp.sum((x[:, None] - y[None]) ** 2, -1))
+    coupling = om.solve(x, y, epsilon=5e-5 * mean_cost, solver=om.Sinkhorn(tol=1e-6, max_iters=5000))
+    v = jax.random.normal(kv, x.shape)
+    ref = om.hvp_x(coupling, v, linear_solver=om.DenseSolver())
+    solver = om.SpectralCG(rank=20, max_steps=5000).prepare(coupling)
+    hv, stats = om.hvp_x(coupling, v, linear_solver=solver, return_stats=True)
+    assert bool(stats["converged"])
+    assert float(jnp.linalg.norm(hv - ref) / jnp.linalg.norm(ref)) < 1e-6

@@ -63,10 +63,14 @@ def deflation(
 
     With exact singular vectors the preconditioned operator has the
     eigenvalues of `N` with those `1 - s^2` replaced by 1. Gaps are floored
-    at a few machine epsilons (a direction at rounding level is then damped
-    instead of inverted) so `M^-1` stays positive definite and finite.
+    at sqrt(machine epsilon): approximate Ritz vectors mix in other
+    directions, and dividing by a gap at rounding level amplified that error
+    by ~1e15 and broke CG down (accuracy study: y independent of x, epsilon =
+    5e-5 x mean cost, N = 100: 37 steps, not converged, error 0.78; floored:
+    267 steps, converged, 7e-9 against the dense solve; plain CG 616 steps).
+    `M^-1` stays positive definite and its amplification bounded.
     """
-    floor = 16 * jnp.finfo(gaps.dtype).eps
+    floor = jnp.sqrt(jnp.finfo(gaps.dtype).eps)
     scale = 1 / jnp.maximum(gaps, floor) - 1
 
     def apply(r):
