@@ -23,7 +23,7 @@ from ._pair_reductions import tangent_marginals
 from ._operators import HOperator
 from ._sinkhorn import Sinkhorn, solve
 from ._solver._base import AbstractLinearSolver
-from ._streaming import Kernel, apply, marginals
+from ._streaming import Kernel
 
 #: Raised when a second derivative is requested in reverse mode.
 REVERSE_OVER_REVERSE_MSG = (
@@ -114,26 +114,23 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     r, s = tangent_marginals(kernel, tx, ty)  # `None` tangents: terms skipped
     r = r + epsilon * _zeros(ta, a)
     s = s + epsilon * _zeros(tb, b)
-    a_hat, b_hat = marginals(kernel)
-    df, dg, stats = config.linear_solver.solve(HOperator(kernel, a_hat, b_hat), r, s)
+    df, dg, stats = config.linear_solver.solve(HOperator.from_kernel(kernel), r, s)
     df = check_linear_solve(df, stats, config)
     return (f, coupling.g), forward_only((df, dg))
 
 
 def _h_apply(x, y, f, g, epsilon, u, v, cost, block_size):
     """`H [u; v]` for the coupling of `(x, y, f, g)`, differentiable in all."""
-    kernel = Kernel(x, y, f, g, epsilon, cost, block_size)
-    a_hat, b_hat = marginals(kernel)
-    pv, ptu = apply(kernel, v=v, u=u)
-    return a_hat * u + pv, ptu + b_hat * v
+    h = HOperator.from_kernel(Kernel(x, y, f, g, epsilon, cost, block_size))
+    out = h.mv(jnp.concatenate([u, v]))
+    return out[: u.shape[0]], out[u.shape[0] :]
 
 
 @eqx.filter_custom_jvp
 def h_solve(x, y, f, g, epsilon, r, s, *, config: Config):
     """`[u; v] = H^+ [r; s]` (minimum-norm least squares) for the coupling `(x, y, f, g)`."""
     kernel = Kernel(x, y, f, g, epsilon, config.cost, config.block_size)
-    a_hat, b_hat = marginals(kernel)
-    u, v, stats = config.linear_solver.solve(HOperator(kernel, a_hat, b_hat), r, s)
+    u, v, stats = config.linear_solver.solve(HOperator.from_kernel(kernel), r, s)
     return check_linear_solve(u, stats, config), v
 
 

@@ -48,6 +48,11 @@ class HOperator(lx.AbstractLinearOperator):
     a_hat: Float[Array, " n"]
     b_hat: Float[Array, " m"]
 
+    @classmethod
+    def from_kernel(cls, kernel: Kernel) -> "HOperator":
+        """The H-matrix of `kernel`, with its marginals from one streaming pass."""
+        return cls(kernel, *marginals(kernel))
+
     @property
     def coupling(self) -> CouplingOperator:
         return CouplingOperator(self.kernel)
@@ -109,5 +114,4 @@ def h_operator(coupling: Coupling) -> HOperator:
 
     Costs one streaming pass (for the marginals `P 1`, `P^T 1`).
     """
-    a_hat, b_hat = marginals(coupling.kernel)
-    return HOperator(coupling.kernel, a_hat, b_hat)
+    return HOperator.from_kernel(coupling.kernel)

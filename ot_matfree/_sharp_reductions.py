@@ -21,9 +21,7 @@ def cost_marginals(kernel: Kernel) -> tuple[Float[Array, " n"], Float[Array, " m
 
     def block_fn(rows, valid):
         xb, fb = rows
-        c = kernel.cost.matrix(xb, kernel.y)
-        logits = (fb[:, None] + kernel.g[None, :] - c) / kernel.epsilon
-        p = jnp.where(valid[:, None], jnp.exp(logits), 0.0)
+        p, c = kernel.probs_and_cost(xb, fb, valid)
         pc = p * c
         return jnp.sum(pc, axis=1), jnp.sum(pc, axis=0)
 
@@ -43,9 +41,7 @@ def sharp_gradients(
 
     def block_fn(rows, valid):
         xb, fb, ub = rows
-        c = kernel.cost.matrix(xb, kernel.y)
-        logits = (fb[:, None] + kernel.g[None, :] - c) / kernel.epsilon
-        p = jnp.where(valid[:, None], jnp.exp(logits), 0.0)
+        p, c = kernel.probs_and_cost(xb, fb, valid)
         w = p * (1 + (ub[:, None] + v[None, :] - c) / kernel.epsilon)
         return _contract_block(kernel.cost, xb, kernel.y, w)
 

@@ -50,6 +50,16 @@ class Sinkhorn(eqx.Module):
             raise ValueError(f"`max_iters` must be >= 1, got {self.max_iters}.")
 
 
+def report_progress(solver: Sinkhorn, iteration, error) -> None:
+    """Call `solver.progress` from inside a jitted loop every `progress_every` iterations."""
+    if solver.progress is not None:
+        jax.lax.cond(
+            iteration % solver.progress_every == 0,
+            lambda: jax.debug.callback(solver.progress, iteration, error),
+            lambda: None,
+        )
+
+
 def _potential(kernel: Kernel, log_w: Array, other: Array) -> Array:
     """`eps log w_i - eps LSE_j (other_j - C_ij) / eps`."""
     return kernel.epsilon * (log_w - row_logsumexp(kernel, other))
@@ -71,12 +81,7 @@ def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size) -> C
         f_next = _potential(kernel, log_a, g)
         # Row sums of the coupling (f, g): a_i exp((f_i - f_next_i) / eps).
         err = jnp.sum(jnp.abs(a * jnp.expm1((f - f_next) / epsilon)))
-        if solver.progress is not None:
-            jax.lax.cond(
-                (it + 1) % solver.progress_every == 0,
-                lambda: jax.debug.callback(solver.progress, it + 1, err),
-                lambda: None,
-            )
+        report_progress(solver, it + 1, err)
         return it + 1, f_next, g, f, err
 
     inf = jnp.asarray(jnp.inf, x.dtype)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ._checks import check_epsilon, check_points, check_weights
 from ._costs import AbstractCost, SqEuclidean
 from ._coupling import Coupling
-from ._sinkhorn import Sinkhorn, solve
+from ._sinkhorn import Sinkhorn, report_progress, solve
 from ._streaming import Kernel, row_logsumexp
 
 
@@ -48,12 +48,7 @@ def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size) -> Coupl
         f = 0.5 * (f + tf)
         tf = transform(f)
         err = error(f, tf)
-        if solver.progress is not None:
-            jax.lax.cond(
-                (it + 1) % solver.progress_every == 0,
-                lambda: jax.debug.callback(solver.progress, it + 1, err),
-                lambda: None,
-            )
+        report_progress(solver, it + 1, err)
         return it + 1, f, tf, err
 
     f0 = jnp.zeros((n,), x.dtype)

@@ -97,12 +97,15 @@ class Kernel(eqx.Module):
         n, m = self.shape
         return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
 
-    def logits(self, xb, fb) -> Float[Array, "k m"]:
-        return (fb[:, None] + self.g[None, :] - self.cost.matrix(xb, self.y)) / self.epsilon
+    def probs_and_cost(self, xb, fb, valid: Bool[Array, " k"]):
+        """The blocks `P[rows, :]` (zero on padded rows) and `C[rows, :]`."""
+        c = self.cost.matrix(xb, self.y)
+        logits = (fb[:, None] + self.g[None, :] - c) / self.epsilon
+        return jnp.where(valid[:, None], jnp.exp(logits), 0.0), c
 
     def probs(self, xb, fb, valid: Bool[Array, " k"]) -> Float[Array, "k m"]:
         """The block `P[rows, :]`, zero on padded rows."""
-        return jnp.where(valid[:, None], jnp.exp(self.logits(xb, fb)), 0.0)
+        return self.probs_and_cost(xb, fb, valid)[0]
 
 
 def row_logsumexp(kernel: Kernel, g_weights: Float[Array, " m"]) -> Float[Array, " n"]:
