@@ -142,14 +142,25 @@ def _h_solve_jvp(primals, tangents, *, config: Config):
     u, v = h_solve(x, y, f, g, epsilon, r, s, config=config)
     # d(H^+ rhs) = H^+ (d rhs - dH u): H's null vector is constant, and both
     # d rhs (when sum(r) = sum(s) identically) and dH u are orthogonal to it.
-    def h_times_uv(x_, y_, f_, g_):
-        return _h_apply(x_, y_, f_, g_, epsilon, u, v, config.cost, config.block_size)
+    # Only arguments with a tangent are differentiated: zero tangents are
+    # never materialised (see `_pair_reductions.py` on the float32 CPU bug).
+    primal_args, tangent_args = (x, y, f, g), (tx, ty, tf, tg)
+    live = [i for i, t in enumerate(tangent_args) if t is not None]
 
-    _, (dhu, dhv) = jax.jvp(
-        h_times_uv,
-        (x, y, f, g),
-        (_zeros(tx, x), _zeros(ty, y), _zeros(tf, f), _zeros(tg, g)),
-    )
+    def h_times_uv(*live_args):
+        args = list(primal_args)
+        for i, arg in zip(live, live_args):
+            args[i] = arg
+        return _h_apply(*args, epsilon, u, v, config.cost, config.block_size)
+
+    if live:
+        _, (dhu, dhv) = jax.jvp(
+            h_times_uv,
+            tuple(primal_args[i] for i in live),
+            tuple(tangent_args[i] for i in live),
+        )
+    else:
+        dhu, dhv = jnp.zeros_like(u), jnp.zeros_like(v)
     rhs = (_zeros(tr, r) - dhu, _zeros(ts, s) - dhv)
     du, dv = h_solve(x, y, f, g, epsilon, *rhs, config=config)
     return (u, v), forward_only((du, dv))

@@ -4,56 +4,12 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._coupling import Coupling
 from .._operators import HOperator
-from ._base import AbstractLinearSolver, default_rtol, project_range
+from ._base import default_rtol, project_range
 from ._schur import NormalisedSchur
-from ._spectral_basis import Spectrum, compute_spectrum, spectrum
+from ._spectral_base import AbstractSpectralSolver
+from ._spectral_basis import Spectrum
 from .cg import conjugate_gradient
-
-
-def check_options(rank, oversample, num_blocks, rtol, atol, max_steps) -> None:
-    if rank < 0:
-        raise ValueError(f"`rank` must be >= 0, got {rank}.")
-    if oversample < 0:
-        raise ValueError(f"`oversample` must be >= 0, got {oversample}.")
-    if num_blocks < 1:
-        raise ValueError(f"`num_blocks` must be >= 1, got {num_blocks}.")
-    if rtol is not None and not rtol >= 0:
-        raise ValueError(f"`rtol` must be >= 0, got {rtol}.")
-    if not atol >= 0:
-        raise ValueError(f"`atol` must be >= 0, got {atol}.")
-    if max_steps < 1:
-        raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
-
-
-def spectrum_for(solver, operator: HOperator) -> Spectrum:
-    """The solver's precomputed spectrum, checked against `operator`, or a
-    fresh one."""
-    if solver.spectrum is None:
-        return compute_spectrum(
-            operator, solver.rank, oversample=solver.oversample,
-            num_blocks=solver.num_blocks, key=solver.key,
-        )
-    spec = solver.spectrum
-    n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
-    small, big = (n, m) if m > n else (m, n)
-    if spec.v.shape[0] != small or spec.u.shape[0] != big or spec.swapped != (m > n):
-        raise ValueError(
-            f"The solver holds a spectrum for a problem with sides {spec.u.shape[0]}/"
-            f"{spec.v.shape[0]}, but the coupling has n={n}, m={m}; call `prepare` with "
-            "this coupling."
-        )
-    return spec
-
-
-def prepared(solver, coupling: Coupling | HOperator):
-    """`solver` with the spectrum of `coupling` attached."""
-    spec = spectrum(
-        coupling, solver.rank, oversample=solver.oversample, num_blocks=solver.num_blocks,
-        key=solver.key,
-    )
-    return eqx.tree_at(lambda s: s.spectrum, solver, spec, is_leaf=lambda x: x is None)
 
 
 def deflation(
@@ -79,7 +35,7 @@ def deflation(
     return apply
 
 
-class SpectralCG(AbstractLinearSolver):
+class SpectralCG(AbstractSpectralSolver):
     """CG on the normalised Schur complement, preconditioned by deflating the
     top `rank` singular directions of `Pt` (after the exact `s_1 = 1`).
 
@@ -113,23 +69,10 @@ class SpectralCG(AbstractLinearSolver):
     key: PRNGKeyArray | None = None
     spectrum: Spectrum | None = None
 
-    def __check_init__(self):
-        check_options(self.rank, self.oversample, self.num_blocks, self.rtol, self.atol,
-                      self.max_steps)
-        if self.spectrum is not None and self.spectrum.rank != self.rank:
-            raise ValueError(
-                f"`spectrum` has rank {self.spectrum.rank}, the solver `rank={self.rank}`."
-            )
-
-    def prepare(self, coupling: Coupling | HOperator) -> "SpectralCG":
-        """This solver with the spectrum of `coupling` precomputed (reuse it
-        for every solve with this coupling)."""
-        return prepared(self, coupling)
-
     def solve(self, operator: HOperator, r, s):
         r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(operator)
-        spec = spectrum_for(self, operator)
+        spec = self.spectrum_for(operator)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         z, stats = conjugate_gradient(
             schur.mv, schur.reduce(r, s), rtol=rtol, atol=self.atol, max_steps=self.max_steps,

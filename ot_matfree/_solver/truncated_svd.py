@@ -32,16 +32,16 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .._coupling import Coupling
 from .._operators import HOperator
-from ._base import AbstractLinearSolver, default_rtol, fix_gauge, project_range
+from ._base import default_rtol, fix_gauge, project_range
 from ._schur import NormalisedSchur
+from ._spectral_base import AbstractSpectralSolver
 from ._spectral_basis import Spectrum
 from .cg import conjugate_gradient
-from .spectral_cg import check_options, deflation, prepared, spectrum_for
+from .spectral_cg import deflation
 
 
-class TruncatedSVD(AbstractLinearSolver):
+class TruncatedSVD(AbstractSpectralSolver):
     """Truncated-SVD regularised H-solve (Li, Lu, Tao & Ye), matrix-free.
 
     Drops the eigen-directions of the normalised H-matrix
@@ -82,24 +82,13 @@ class TruncatedSVD(AbstractLinearSolver):
     spectrum: Spectrum | None = None
 
     def __check_init__(self):
-        check_options(self.rank, self.oversample, self.num_blocks, self.rtol, self.atol,
-                      self.max_steps)
         if not 0 <= self.threshold < 0.5:
             raise ValueError(f"`threshold` must be in [0, 0.5), got {self.threshold}.")
-        if self.spectrum is not None and self.spectrum.rank != self.rank:
-            raise ValueError(
-                f"`spectrum` has rank {self.spectrum.rank}, the solver `rank={self.rank}`."
-            )
-
-    def prepare(self, coupling: Coupling | HOperator) -> "TruncatedSVD":
-        """This solver with the spectrum of `coupling` precomputed (reuse it
-        for every solve with this coupling)."""
-        return prepared(self, coupling)
 
     def solve(self, operator: HOperator, r, s):
         r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(operator)
-        spec = spectrum_for(self, operator)
+        spec = self.spectrum_for(operator)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         root_p, root_q = jnp.sqrt(schur.p), jnp.sqrt(schur.q)
         big, small = (s, r) if schur.swapped else (r, s)
