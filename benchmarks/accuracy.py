@@ -281,12 +281,19 @@ def plot(records, path):
     for i, (s, key) in enumerate(rows):
         for j, sc in enumerate(scales):
             ax = axes[i, j]
+            plotted = False
             for m in methods:
                 pts = sorted((n, stats(rs)[key]) for (s2, sc2, n, m2), rs in groups.items()
                              if (s2, sc2, m2) == (s, sc, m))
                 if pts:
                     ns, vals = zip(*pts)
-                    ax.plot(ns, np.maximum(np.array(vals, float), 1e-17), marker="o", label=m)
+                    vals = np.array(vals, float)
+                    plotted |= bool(np.any(np.isfinite(vals)))
+                    ax.plot(ns, np.maximum(vals, 1e-17), marker="o", label=m)
+            if not plotted:
+                ax.text(0.5, 0.5, "no finite values\n(FD: no tight Sinkhorn reference converged)"
+                        if key == "fd_med" else "no finite values", transform=ax.transAxes,
+                        ha="center", va="center", fontsize=8)
             ax.set_xscale("log")
             ax.set_yscale("log")
             if key == "mean_viol":
