@@ -50,11 +50,10 @@ def circle_exact(num, eps):
     """`lambda_min(H)` for the circle from the circulant eigenvalues (float64, numpy)."""
     j = np.arange(num)
     # Work with exp((2 cos - 2) / eps) relative to the j = 0 term: stable.
-    w = np.exp((2 * np.cos(2 * np.pi * j / num) - 2) / eps)
-    lam0, lam1 = w.sum(), (w * np.cos(2 * np.pi * j / num)).sum()
-    one_minus = np.sum(w * (1 - np.cos(2 * np.pi * j / num))) / lam0  # 1 - lam1/lam0
-    del lam1
-    return one_minus / num
+    cos = np.cos(2 * np.pi * j / num)
+    w = np.exp((2 * cos - 2) / eps)
+    # 1 - lam_1 / lam_0, summed without the cancellation of forming lam_1.
+    return np.sum(w * (1 - cos)) / w.sum() / num
 
 
 def circle_large_n(num, eps):

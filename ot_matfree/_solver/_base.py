@@ -14,6 +14,16 @@ def default_rtol(dtype) -> float:
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
 
 
+def check_cg_options(rtol: float | None, atol: float, max_steps: int) -> None:
+    """The checks on the CG stopping options that every CG-based solver takes."""
+    if rtol is not None and not rtol >= 0:
+        raise ValueError(f"`rtol` must be >= 0, got {rtol}.")
+    if not atol >= 0:
+        raise ValueError(f"`atol` must be >= 0, got {atol}.")
+    if max_steps < 1:
+        raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
+
+
 def project_range(r: Float[Array, " n"], s: Float[Array, " m"]):
     """Remove the component of `[r; s]` along the null vector `(1_n, -1_m)`.
 

@@ -8,7 +8,7 @@ from jaxtyping import PRNGKeyArray
 
 from .._coupling import Coupling
 from .._operators import HOperator
-from ._base import AbstractLinearSolver
+from ._base import AbstractLinearSolver, check_cg_options
 from ._spectral_basis import Spectrum, compute_spectrum, spectrum
 
 
@@ -36,12 +36,7 @@ class AbstractSpectralSolver(AbstractLinearSolver):
             raise ValueError(f"`oversample` must be >= 0, got {self.oversample}.")
         if self.num_blocks < 1:
             raise ValueError(f"`num_blocks` must be >= 1, got {self.num_blocks}.")
-        if self.rtol is not None and not self.rtol >= 0:
-            raise ValueError(f"`rtol` must be >= 0, got {self.rtol}.")
-        if not self.atol >= 0:
-            raise ValueError(f"`atol` must be >= 0, got {self.atol}.")
-        if self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be >= 1, got {self.max_steps}.")
+        check_cg_options(self.rtol, self.atol, self.max_steps)
         if self.spectrum is not None and self.spectrum.rank != self.rank:
             raise ValueError(
                 f"`spectrum` has rank {self.spectrum.rank}, the solver `rank={self.rank}`."

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._operators import HOperator
-from ._base import AbstractLinearSolver, default_rtol, project_range
+from ._base import AbstractLinearSolver, check_cg_options, default_rtol, project_range
 from ._schur import NormalisedSchur
 
 
@@ -96,12 +96,7 @@ class CG(AbstractLinearSolver):
     max_steps: int = 1000
 
     def __check_init__(self):
-        if self.rtol is not None and not self.rtol >= 0:
-            raise ValueError(f"`rtol` must be >= 0, got {self.rtol}.")
-        if not self.atol >= 0:
-            raise ValueError(f"`atol` must be >= 0, got {self.atol}.")
-        if self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be >= 1, got {self.max_steps}.")
+        check_cg_options(self.rtol, self.atol, self.max_steps)
 
     def solve(self, operator: HOperator, r, s):
         r, s = project_range(r, s)
