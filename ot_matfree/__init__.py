@@ -6,8 +6,8 @@ from ._costs import AbstractCost as AbstractCost
 from ._costs import FunctionCost as FunctionCost
 from ._costs import SqEuclidean as SqEuclidean
 from ._coupling import Coupling as Coupling
-from ._coupling import from_ott as from_ott
-from ._dense import hessian_x as hessian_x
+from ._from_ott import from_ott as from_ott
+from ._hessian_dense import hessian_x as hessian_x
 from ._hvp import grad as grad
 from ._hvp import grad_x as grad_x
 from ._hvp import hvp as hvp
@@ -19,13 +19,14 @@ from ._operators import CouplingOperator as CouplingOperator
 from ._operators import HOperator as HOperator
 from ._operators import coupling_operator as coupling_operator
 from ._operators import h_operator as h_operator
+from ._results import RESULTS as RESULTS
 from ._sinkhorn import Sinkhorn as Sinkhorn
 from ._sinkhorn import solve as solve
-from ._solver._base import AbstractLinearSolver as AbstractLinearSolver
+from ._solver._base import AbstractHSolver as AbstractHSolver
+from ._solver._block_krylov import Spectrum as Spectrum
+from ._solver._block_krylov import spectrum as spectrum
 from ._solver.cg import CG as CG
 from ._solver.dense import DenseSolver as DenseSolver
-from ._solver._spectral_basis import Spectrum as Spectrum
-from ._solver._spectral_basis import spectrum as spectrum
 from ._solver.spectral_cg import SpectralCG as SpectralCG
 from ._solver.truncated_svd import TruncatedSVD as TruncatedSVD
 

@@ -1,11 +1,31 @@
-"""The solved entropic coupling, and conversion from ott-jax."""
+"""The entropic coupling in factored form: points, weights, potentials, cost.
+
+`P_ij = exp((f_i + g_j - c(x_i, y_j)) / epsilon)` is never stored: the
+streaming reductions (`_streaming.py`) evaluate it block by block from this
+object. The same type is the output of the forward solvers, which fill in
+their diagnostics.
+"""
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._costs import AbstractCost, as_cost
-from ._streaming import Kernel, marginals
+from ._costs import AbstractCost
+from ._results import RESULTS
+
+#: Working memory a single block may use, in bytes, when no block size is given.
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+def block_rows(n: int, m: int, width: int, itemsize: int, block_size: int | None) -> int:
+    """Rows per block: `block_size` if given, else as many as fit the budget.
+
+    `width` is the number of `block x m` arrays a reduction keeps alive.
+    """
+    if block_size is not None:
+        return min(block_size, n)
+    rows = DEFAULT_BLOCK_BYTES // max(1, m * width * itemsize)
+    return int(min(n, max(1, rows)))
 
 
 class Coupling(eqx.Module):
@@ -16,14 +36,20 @@ class Coupling(eqx.Module):
 
     **Fields:**
 
-    - `x`, `y`, `a`, `b`: points and weights.
+    - `x`, `y`, `a`, `b`: points (n, d), (m, d) and weights (n,), (m,).
     - `f`, `g`: dual potentials.
     - `epsilon`, `cost`: the regularisation and the ground cost.
     - `num_iters`: Sinkhorn iterations used.
-    - `converged`: whether the marginal error reached the solver's tolerance.
-    - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling.
+    - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling (`solve`
+      ends on a `g` update, so its column term is zero up to rounding).
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).
+    - `result`: an `ot_matfree.RESULTS` status (`successful`, or
+      `sinkhorn_max_iters_reached`).
     - `block_size`: rows per streaming block (`None`: chosen from a memory budget).
+
+    The diagnostics (`num_iters`, `marginal_error`, `reg_ot_cost`, `result`)
+    are `None` for a coupling built directly from potentials rather than by
+    `solve` or `from_ott`.
     """
 
     x: Float[Array, "n d"]
@@ -34,54 +60,52 @@ class Coupling(eqx.Module):
     g: Float[Array, " m"]
     epsilon: Float[Array, ""]
     cost: AbstractCost
-    num_iters: Int[Array, ""]
-    converged: Bool[Array, ""]
-    marginal_error: Float[Array, ""]
-    reg_ot_cost: Float[Array, ""]
+    num_iters: Int[Array, ""] | None = None
+    marginal_error: Float[Array, ""] | None = None
+    reg_ot_cost: Float[Array, ""] | None = None
+    result: RESULTS | None = None
     block_size: int | None = eqx.field(static=True, default=None)
+
+    @property
+    def converged(self) -> Bool[Array, ""]:
+        """Whether the marginal error reached the solver's tolerance."""
+        if self.result is None:
+            raise ValueError("This coupling was not produced by a solver; it has no status.")
+        return self.result == RESULTS.successful
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.x.shape[0], self.y.shape[0]
 
-    @property
-    def kernel(self) -> Kernel:
-        return Kernel(self.x, self.y, self.f, self.g, self.epsilon, self.cost, self.block_size)
-
-
-def from_ott(output, *, block_size: int | None = None) -> Coupling:
-    """Build a `Coupling` from an ott-jax `SinkhornOutput` on a `PointCloud`.
-
-    The potentials, points, weights, epsilon and cost function are taken over;
-    the marginal error is recomputed with one streaming pass.
-
-    **Arguments:**
-
-    - `output`: `ott.solvers.linear.sinkhorn.SinkhornOutput` of a balanced
-      problem on an `ott.geometry.pointcloud.PointCloud` with `scale_cost=1`.
-    - `block_size`: rows per streaming block for later operations.
-    """
-    geom = output.geom
-    if not (hasattr(geom, "x") and hasattr(geom, "y") and hasattr(geom, "cost_fn")):
-        raise TypeError(f"`from_ott` needs an output on a PointCloud, got {type(geom).__name__}.")
-    if geom._scale_cost not in (1, 1.0):
-        raise ValueError(
-            f"`from_ott` needs a PointCloud with scale_cost=1.0, got {geom._scale_cost!r}; "
-            "rescale the points or epsilon instead."
+    def transpose(self) -> "Coupling":
+        """The coupling `P^T` (source and target swapped; diagnostics dropped)."""
+        return Coupling(
+            self.y, self.x, self.b, self.a, self.g, self.f, self.epsilon, self.cost.transpose(),
+            block_size=self.block_size,
         )
-    prob = output.ot_prob
-    if not prob.is_balanced:
-        raise ValueError("`from_ott` supports balanced problems only (tau_a = tau_b = 1).")
-    x, y = jnp.asarray(geom.x), jnp.asarray(geom.y)
-    a, b = jnp.asarray(prob.a), jnp.asarray(prob.b)
-    epsilon = jnp.asarray(geom.epsilon, x.dtype)
-    cost = as_cost(geom.cost_fn)
-    kernel = Kernel(x, y, output.f, output.g, epsilon, cost, block_size)
-    a_hat, b_hat = marginals(kernel)
-    error = jnp.sum(jnp.abs(a_hat - a)) + jnp.sum(jnp.abs(b_hat - b))
-    return Coupling(
-        x=x, y=y, a=a, b=b, f=output.f, g=output.g, epsilon=epsilon, cost=cost,
-        num_iters=jnp.asarray(output.n_iters), converged=jnp.asarray(output.converged),
-        marginal_error=error, reg_ot_cost=jnp.asarray(output.reg_ot_cost),
-        block_size=block_size,
-    )
+
+    def block(self, width: int) -> int:
+        """Rows per block for a reduction keeping `width` arrays of `block x m` alive."""
+        n, m = self.shape
+        return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
+
+    def probs_and_cost(self, xb, fb, valid: Bool[Array, " k"]):
+        """The blocks `P[rows, :]` (zero on padded rows) and `C[rows, :]`."""
+        c = self.cost.matrix(xb, self.y)
+        logits = (fb[:, None] + self.g[None, :] - c) / self.epsilon
+        return jnp.where(valid[:, None], jnp.exp(logits), 0.0), c
+
+    def probs(self, xb, fb, valid: Bool[Array, " k"]) -> Float[Array, "k m"]:
+        """The block `P[rows, :]`, zero on padded rows."""
+        return self.probs_and_cost(xb, fb, valid)[0]
+
+
+def upstream_status(coupling: Coupling) -> RESULTS:
+    """`coupling_not_converged` when the coupling's own solve failed, else `successful`.
+
+    For computations that take a coupling as input (HVPs, spectra): their
+    result is only the OT problem's if the coupling is.
+    """
+    if coupling.result is None:
+        return RESULTS.successful
+    return RESULTS.where(coupling.converged, RESULTS.successful, RESULTS.coupling_not_converged)

@@ -1,20 +1,23 @@
 """Matrix-free derivative rules: Danskin gradients and Hessian-vector products.
 
-Formulas: `design/MATH.md`. The HVP is the JVP of the gradient map
+Formulas: `docs/math.md`. The HVP is the JVP of the gradient map
 `(x, y, a, b) -> (grad_x, grad_y, grad_a, grad_b)` of ott-jax's `reg_ot_cost`
-at fixed, converged potentials: two streaming passes (right-hand side and
-output) around one H-matrix solve by `linear_solver`.
+at fixed, converged potentials: a streaming pass for the right-hand side, one
+H-matrix solve by `linear_solver` (plus one pass for H's marginals when no
+solver state is given), and a streaming pass for the output.
 """
 
 import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Float
 
 from ._checks import check_tangent
-from ._coupling import Coupling
+from ._coupling import Coupling, upstream_status
 from ._operators import h_operator
 from ._pair_reductions import gradients, tangent_gradients, tangent_marginals
-from ._solver._base import AbstractLinearSolver
+from ._results import RESULTS
+from ._solver._base import AbstractHSolver
 from ._solver.cg import CG
 
 
@@ -26,7 +29,7 @@ def grad(coupling: Coupling) -> tuple[Array, Array, Array, Array]:
     `grad_a = f - eps log a`, `grad_b = g - eps log b` (ott-jax's convention;
     on the simplex only the part orthogonal to 1 is meaningful).
     """
-    gx, gy = gradients(coupling.kernel)
+    gx, gy = gradients(coupling)
     eps = coupling.epsilon
     return gx, gy, coupling.f - eps * jnp.log(coupling.a), coupling.g - eps * jnp.log(coupling.b)
 
@@ -37,6 +40,56 @@ def grad_x(coupling: Coupling) -> Float[Array, "n d"]:
     return grad(coupling)[0]
 
 
+def check_linear_solver(linear_solver) -> None:
+    if not isinstance(linear_solver, AbstractHSolver):
+        raise TypeError(
+            "`linear_solver` must be an ot_matfree H-solver (`CG()`, `SpectralCG()`, "
+            f"`TruncatedSVD()`, `DenseSolver()`), got {type(linear_solver).__name__}."
+        )
+
+
+def _checked_state(coupling: Coupling, linear_solver, state):
+    """`state` if it was made from `coupling`'s H-matrix, else a fresh one."""
+    if state is None:
+        return linear_solver.init(h_operator(coupling), {})
+    operator = getattr(state, "operator", None)
+    held = getattr(operator, "coupling", None)
+    if not isinstance(held, Coupling) or held.shape != coupling.shape:
+        raise ValueError(
+            "`solver_state` must be `linear_solver.init(h_operator(coupling), {})` for this "
+            "coupling."
+        )
+    same = jnp.array_equal(held.f, coupling.f) & jnp.array_equal(held.g, coupling.g)
+    same = same & jnp.array_equal(held.x, coupling.x) & jnp.array_equal(held.y, coupling.y)
+    return eqx.error_if(
+        state, ~same,
+        "`solver_state` was computed for a different coupling; make it with "
+        "`linear_solver.init(h_operator(coupling), {})` for the coupling you differentiate.",
+    )
+
+
+def solve_h(
+    coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool
+):
+    """`H^+ [r; s]` for the H-matrix of `coupling`: `(df, dg, stats)`.
+
+    `stats["result"]` is `successful`, `coupling_not_converged` (the
+    coupling's own solve failed) or `linear_solve_failed`; with `throw` a
+    failure raises through every output.
+    """
+    state = _checked_state(coupling, linear_solver, state)
+    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s)
+    upstream = upstream_status(coupling)
+    failed = RESULTS.where(
+        solve_result == lx.RESULTS.successful, RESULTS.successful, RESULTS.linear_solve_failed
+    )
+    result = RESULTS.where(upstream == RESULTS.successful, failed, upstream)
+    stats = {**stats, "result": result}
+    if throw:
+        df, dg = result.error_if((df, dg), result != RESULTS.successful)
+    return df, dg, stats
+
+
 @eqx.filter_jit
 def hvp(
     coupling: Coupling,
@@ -45,25 +98,39 @@ def hvp(
     da: Float[Array, " n"] | None = None,
     db: Float[Array, " m"] | None = None,
     *,
-    linear_solver: AbstractLinearSolver = CG(),
+    linear_solver: AbstractHSolver = CG(),
+    solver_state=None,
     return_stats: bool = False,
+    throw: bool = True,
 ):
     """Joint Hessian-vector product of `reg_ot_cost` in `(x, y, a, b)`.
 
     Returns the JVP of `grad` in the tangent `(dx, dy, da, db)` (a `None`
     tangent is zero): `(d grad_x, d grad_y, d grad_a, d grad_b)`. Memory is
     O((n + m) d + block * m). When `sum(da) != sum(db)` the H-system is
-    inconsistent and its least-squares solution is used (MATH.md, step 3);
+    inconsistent and its least-squares solution is used (docs/math.md, step 3);
     only the part of the weight outputs orthogonal to 1 is then meaningful.
 
     **Arguments:**
 
     - `coupling`: a solved `Coupling`.
     - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,).
-    - `linear_solver`: how H is solved (`CG()`, or any `AbstractLinearSolver`).
-    - `return_stats`: also return the solver's stats dict
-      (`num_steps`, `residual`, `converged`, ...).
+    - `linear_solver`: how H is solved (`CG()`, `SpectralCG()`,
+      `TruncatedSVD()`, `DenseSolver()`).
+    - `solver_state`: `linear_solver.init(h_operator(coupling), {})`,
+      computed once and reused for many HVPs with the same coupling (the
+      spectral solvers' block Lanczos, `DenseSolver`'s eigendecomposition).
+      `None`: set up inside this call.
+    - `return_stats`: also return the solver's stats dict (`num_steps`,
+      `residual`, `converged`, `result`, ...).
+    - `throw`: raise (also under `jit`) when the H-solve does not converge or
+      the coupling's own Sinkhorn solve did not. With `throw=False` the
+      status is `stats["result"]` (an `ot_matfree.RESULTS`).
+
+    **Returns:** the four output tangents, and the stats dict if
+    `return_stats`.
     """
+    check_linear_solver(linear_solver)
     (n, d), m = coupling.x.shape, coupling.y.shape[0]
     dtype = coupling.x.dtype
 
@@ -73,14 +140,15 @@ def hvp(
     da = None if da is None else check_tangent("da", da, (n,), dtype)
     db = None if db is None else check_tangent("db", db, (m,), dtype)
     eps = coupling.epsilon
-    kernel = coupling.kernel
-    r, s = tangent_marginals(kernel, dx, dy)
+    r, s = tangent_marginals(coupling, dx, dy)
     if da is not None:
         r = r + eps * da
     if db is not None:
         s = s + eps * db
-    df, dg, stats = linear_solver.solve(h_operator(coupling), r, s)
-    out_x, out_y = tangent_gradients(kernel, dx, dy, df, dg)
+    df, dg, stats = solve_h(
+        coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw
+    )
+    out_x, out_y = tangent_gradients(coupling, dx, dy, df, dg)
     out_a = df if da is None else df - eps * da / coupling.a
     out_b = dg if db is None else dg - eps * db / coupling.b
     out = (out_x, out_y, out_a, out_b)
@@ -91,16 +159,22 @@ def hvp_x(
     coupling: Coupling,
     v: Float[Array, "n d"],
     *,
-    linear_solver: AbstractLinearSolver = CG(),
+    linear_solver: AbstractHSolver = CG(),
+    solver_state=None,
     return_stats: bool = False,
+    throw: bool = True,
 ):
     """Hessian-vector product of `reg_ot_cost` w.r.t. the source points.
 
-    `H_xx v`, shape (n, d), matrix-free. With `return_stats=True` returns
-    `(hv, stats)`; `stats["num_steps"]` counts solver iterations and
-    `stats["residual"]` is the final relative residual.
+    `H_xx v`, shape (n, d), matrix-free. Arguments as for `hvp`. With
+    `return_stats=True` returns `(hv, stats)`; `stats["num_steps"]` counts
+    solver iterations, `stats["residual"]` is the final relative residual
+    and `stats["result"]` the status.
     """
-    out = hvp(coupling, dx=v, linear_solver=linear_solver, return_stats=return_stats)
+    out = hvp(
+        coupling, dx=v, linear_solver=linear_solver, solver_state=solver_state,
+        return_stats=return_stats, throw=throw,
+    )
     if return_stats:
         (hv, *_), stats = out
         return hv, stats

@@ -2,7 +2,7 @@
 
 Derivative-rule layer, like `_hvp.py`. These make JAX's own forward mode
 correct through code that uses the potentials: the potentials' tangent is the
-implicit-function solution (one H-solve, MATH.md "Joint Hessian-vector
+implicit-function solution (one H-solve, docs/math.md "Joint Hessian-vector
 product", steps 1-3) instead of a differentiation of the Sinkhorn loop, and
 the tangent of `H^+ rhs` is `H^+ (d rhs - dH H^+ rhs)` (one more H-solve; the
 null vector `(1_n, -1_m)` of H does not move, so this is exact for the
@@ -18,12 +18,12 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from ._costs import AbstractCost
+
+from ._config import Config
+from ._coupling import Coupling
+from ._hvp import solve_h
+from ._operators import h_operator
 from ._pair_reductions import tangent_marginals
-from ._operators import HOperator
-from ._sinkhorn import Sinkhorn, solve
-from ._solver._base import AbstractLinearSolver
-from ._streaming import Kernel
 
 #: Raised when a second derivative is requested in reverse mode.
 REVERSE_OVER_REVERSE_MSG = (
@@ -40,16 +40,6 @@ _EPS_TANGENT_MSG = (
 )
 
 
-class Config(eqx.Module):
-    """Static configuration shared by the differentiable functions."""
-
-    cost: AbstractCost
-    solver: Sinkhorn
-    linear_solver: AbstractLinearSolver
-    block_size: int | None = eqx.field(static=True)
-    throw: bool = eqx.field(static=True)
-
-
 def check_no_epsilon_tangent(t_eps) -> None:
     if t_eps is not None:
         raise ValueError(_EPS_TANGENT_MSG)
@@ -60,48 +50,15 @@ def forward_only(tangents):
     return eqxi.nondifferentiable_backward(tangents, msg=REVERSE_OVER_REVERSE_MSG)
 
 
-def check_sinkhorn(value, converged, config: Config):
-    if not config.throw:
-        return value
-    return eqx.error_if(
-        value,
-        ~converged,
-        "ot_matfree: Sinkhorn did not reach `solver.tol` within `solver.max_iters`; raise "
-        "`max_iters`, loosen `tol`, increase `epsilon`, or pass `throw=False` (and check "
-        "`ot_matfree.solve(...).converged` yourself).",
-    )
-
-
-def check_linear_solve(value, stats, config: Config):
-    if not config.throw:
-        return value
-    return eqx.error_if(
-        value,
-        ~stats["converged"],
-        "ot_matfree: the H-matrix solve of a derivative did not converge; raise "
-        "`linear_solver.max_steps`, loosen its `rtol`, increase `epsilon`, or pass "
-        "`throw=False`.",
-    )
-
-
 def _zeros(t, p):
     return jnp.zeros_like(p) if t is None else t
-
-
-def solve_coupling(x, y, a, b, epsilon, config: Config):
-    """`solve` with the configuration; the primal Sinkhorn pass of every rule."""
-    coupling = solve(
-        x, y, a, b, epsilon=epsilon, cost=config.cost, solver=config.solver,
-        block_size=config.block_size,
-    )
-    return coupling, check_sinkhorn(coupling.f, coupling.converged, config)
 
 
 @eqx.filter_custom_jvp
 def potentials(x, y, a, b, epsilon, *, config: Config):
     """Sinkhorn potentials `(f, g)` whose JVP is the implicit-function tangent."""
-    coupling, f = solve_coupling(x, y, a, b, epsilon, config)
-    return f, coupling.g
+    coupling = config.solve(x, y, a, b, epsilon)
+    return coupling.f, coupling.g
 
 
 @potentials.def_jvp
@@ -109,37 +66,38 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     x, y, a, b, epsilon = primals
     tx, ty, ta, tb, t_eps = tangents
     check_no_epsilon_tangent(t_eps)
-    coupling, f = solve_coupling(x, y, a, b, epsilon, config)
-    kernel = coupling.kernel
-    r, s = tangent_marginals(kernel, tx, ty)  # `None` tangents: terms skipped
+    coupling = config.solve(x, y, a, b, epsilon)
+    r, s = tangent_marginals(coupling, tx, ty)  # `None` tangents: terms skipped
     r = r + epsilon * _zeros(ta, a)
     s = s + epsilon * _zeros(tb, b)
-    df, dg, stats = config.linear_solver.solve(HOperator.from_kernel(kernel), r, s)
-    df = check_linear_solve(df, stats, config)
-    return (f, coupling.g), forward_only((df, dg))
+    df, dg, _ = solve_h(coupling, r, s, linear_solver=config.linear_solver, throw=config.throw)
+    return (coupling.f, coupling.g), forward_only((df, dg))
 
 
-def _h_apply(x, y, f, g, epsilon, u, v, cost, block_size):
+def _h_apply(x, y, f, g, a, b, epsilon, u, v, config: Config):
     """`H [u; v]` for the coupling of `(x, y, f, g)`, differentiable in all."""
-    h = HOperator.from_kernel(Kernel(x, y, f, g, epsilon, cost, block_size))
+    h = h_operator(Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size))
     out = h.mv(jnp.concatenate([u, v]))
     return out[: u.shape[0]], out[u.shape[0] :]
 
 
 @eqx.filter_custom_jvp
-def h_solve(x, y, f, g, epsilon, r, s, *, config: Config):
-    """`[u; v] = H^+ [r; s]` (minimum-norm least squares) for the coupling `(x, y, f, g)`."""
-    kernel = Kernel(x, y, f, g, epsilon, config.cost, config.block_size)
-    u, v, stats = config.linear_solver.solve(HOperator.from_kernel(kernel), r, s)
-    return check_linear_solve(u, stats, config), v
+def h_solve(x, y, f, g, a, b, epsilon, r, s, *, config: Config):
+    """`[u; v] = H^+ [r; s]` (minimum-norm least squares) for the coupling `(x, y, f, g)`.
+
+    `a`, `b` only complete the `Coupling`; H depends on them through `f`, `g`.
+    """
+    coupling = Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size)
+    u, v, _ = solve_h(coupling, r, s, linear_solver=config.linear_solver, throw=config.throw)
+    return u, v
 
 
 @h_solve.def_jvp
 def _h_solve_jvp(primals, tangents, *, config: Config):
-    x, y, f, g, epsilon, r, s = primals
-    tx, ty, tf, tg, t_eps, tr, ts = tangents
+    x, y, f, g, a, b, epsilon, r, s = primals
+    tx, ty, tf, tg, _, _, t_eps, tr, ts = tangents
     check_no_epsilon_tangent(t_eps)
-    u, v = h_solve(x, y, f, g, epsilon, r, s, config=config)
+    u, v = h_solve(x, y, f, g, a, b, epsilon, r, s, config=config)
     # d(H^+ rhs) = H^+ (d rhs - dH u): H's null vector is constant, and both
     # d rhs (when sum(r) = sum(s) identically) and dH u are orthogonal to it.
     # Only arguments with a tangent are differentiated: zero tangents are
@@ -151,7 +109,7 @@ def _h_solve_jvp(primals, tangents, *, config: Config):
         args = list(primal_args)
         for i, arg in zip(live, live_args):
             args[i] = arg
-        return _h_apply(*args, epsilon, u, v, config.cost, config.block_size)
+        return _h_apply(*args, a, b, epsilon, u, v, config)
 
     if live:
         _, (dhu, dhv) = jax.jvp(
@@ -162,6 +120,5 @@ def _h_solve_jvp(primals, tangents, *, config: Config):
     else:
         dhu, dhv = jnp.zeros_like(u), jnp.zeros_like(v)
     rhs = (_zeros(tr, r) - dhu, _zeros(ts, s) - dhv)
-    du, dv = h_solve(x, y, f, g, epsilon, *rhs, config=config)
+    du, dv = h_solve(x, y, f, g, a, b, epsilon, *rhs, config=config)
     return (u, v), forward_only((du, dv))
-

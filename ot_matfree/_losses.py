@@ -11,7 +11,7 @@ custom JVP rules, so that JAX's own transformations compose with it:
   O((n + m) d + block * m).
 - Forward over reverse (`jax.jvp(jax.grad(f))`, `jax.jacfwd(jax.grad(f))`,
   `jax.hessian(f)`) pushes the outer tangent through `G`, whose own JVP rule
-  is the matrix-free Hessian-vector product (MATH.md).
+  is the matrix-free Hessian-vector product (docs/math.md).
 - Reverse over reverse (`jax.grad(jax.grad(f))`, `jax.jacrev(jax.grad(f))`)
   raises a clear error: the HVP contains a CG `while_loop`, which JAX cannot
   transpose. Use forward over reverse (same cost).
@@ -26,26 +26,16 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_problem
+from ._checks import check_block_size, check_problem
+from ._config import Config
 from ._costs import AbstractCost, SqEuclidean, as_cost
-from ._hvp import grad as _danskin_grad
-from ._hvp import hvp as _hvp
-from ._implicit import (
-    Config,
-    check_linear_solve,
-    check_no_epsilon_tangent,
-    check_sinkhorn,
-    forward_only,
-    h_solve,
-    potentials,
-    solve_coupling,
-)
+from ._coupling import Coupling
+from ._hvp import check_linear_solver, grad, hvp
+from ._implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._sharp_reductions import cost_marginals, sharp_gradients
 from ._sinkhorn import Sinkhorn
-from ._sinkhorn_symmetric import solve_symmetric
-from ._solver._base import AbstractLinearSolver
+from ._solver._base import AbstractHSolver
 from ._solver.cg import CG
-from ._streaming import Kernel
 
 
 def _pairing(grads, tangents) -> Array:
@@ -54,127 +44,106 @@ def _pairing(grads, tangents) -> Array:
     return sum(terms[1:], terms[0]) if terms else jnp.zeros((), grads[0].dtype)
 
 
-# --- Regularised OT cost (ott-jax's reg_ot_cost) ----------------------------
+def _with_gradient(value_and_grad, value_only=None):
+    """A scalar function `L(*args, epsilon, config)` whose JVP is `<G, t>`.
+
+    `value_and_grad(*args, epsilon, config=) -> (L, G)` with `G` a tuple
+    matching the arguments before `epsilon`. Reverse mode only has to
+    transpose the pairing (linear in the tangents); forward over reverse
+    pushes its tangent through `value_and_grad`, whose own JVP is the HVP
+    (a custom rule, or JAX's forward mode through `potentials` / `h_solve`).
+    `value_only` computes `L` alone when that is cheaper.
+    """
+    value_only = value_only or (lambda *args, config: value_and_grad(*args, config=config)[0])
+
+    @eqx.filter_custom_jvp
+    def loss(*args, config: Config):
+        return value_only(*args, config=config)
+
+    @loss.def_jvp
+    def _loss_jvp(primals, tangents, *, config: Config):
+        check_no_epsilon_tangent(tangents[-1])
+        value, grads = value_and_grad(*primals, config=config)
+        return value, _pairing(grads, tangents[:-1])
+
+    return loss
 
 
-@eqx.filter_custom_jvp
-def _ot_value_and_grad(x, y, a, b, epsilon, *, config: Config):
-    """`(reg_ot_cost, (grad_x, grad_y, grad_a, grad_b))`; JVP of the gradient = HVP."""
-    coupling, _ = solve_coupling(x, y, a, b, epsilon, config)
-    value = check_sinkhorn(coupling.reg_ot_cost, coupling.converged, config)
-    return value, _danskin_grad(coupling)
+def _transport_value_and_grad(solve, expand, fold):
+    """`(reg_ot_cost, G)` of the coupling `solve(*args, config)`, with the
+    matrix-free HVP as the JVP rule of the gradient `G`.
+
+    `expand` maps the arguments' tangents to `(dx, dy, da, db)` and `fold`
+    maps `(x, y, a, b)` derivatives back to the arguments (both the identity
+    for `OT(x, y, a, b)`; for a self term `OT(x, x, a, a)` both arguments
+    move together, so tangents are duplicated and derivatives added).
+    """
+
+    @eqx.filter_custom_jvp
+    def value_and_grad(*args, config: Config):
+        coupling = solve(*args, config)
+        return coupling.reg_ot_cost, fold(grad(coupling))
+
+    @value_and_grad.def_jvp
+    def _value_and_grad_jvp(primals, tangents, *, config: Config):
+        check_no_epsilon_tangent(tangents[-1])
+        coupling = solve(*primals, config)
+        grads = fold(grad(coupling))
+        d_grads = hvp(
+            coupling, *expand(tangents[:-1]), linear_solver=config.linear_solver,
+            throw=config.throw,
+        )
+        pairing = _pairing(grads, tangents[:-1])
+        return (coupling.reg_ot_cost, grads), (pairing, forward_only(fold(d_grads)))
+
+    return value_and_grad
 
 
-@_ot_value_and_grad.def_jvp
-def _ot_value_and_grad_jvp(primals, tangents, *, config: Config):
-    x, y, a, b, epsilon = primals
-    check_no_epsilon_tangent(tangents[4])
-    coupling, _ = solve_coupling(x, y, a, b, epsilon, config)
-    value = check_sinkhorn(coupling.reg_ot_cost, coupling.converged, config)
-    grads = _danskin_grad(coupling)
-    d_grads, stats = _hvp(
-        coupling, *tangents[:4], linear_solver=config.linear_solver, return_stats=True
-    )
-    d_grads = check_linear_solve(d_grads, stats, config)
-    return (value, grads), (_pairing(grads, tangents[:4]), forward_only(d_grads))
-
-
-@eqx.filter_custom_jvp
-def _ot_value(x, y, a, b, epsilon, *, config: Config):
-    return _ot_value_and_grad(x, y, a, b, epsilon, config=config)[0]
-
-
-@_ot_value.def_jvp
-def _ot_value_jvp(primals, tangents, *, config: Config):
-    check_no_epsilon_tangent(tangents[4])
-    # The gradient map is evaluated on the primals: reverse mode only has to
-    # transpose the pairing (linear in the tangents); forward over reverse
-    # pushes its tangent through the gradient map's own rule (the HVP).
-    value, grads = _ot_value_and_grad(*primals, config=config)
-    return value, _pairing(grads, tangents[:4])
-
-
-# --- Self-transport term OT(x, x, a, a) of the divergence ---------------------
-
-
-def _solve_self(x, a, epsilon, config: Config):
-    coupling = solve_symmetric(
-        x, a, epsilon=epsilon, cost=config.cost, solver=config.solver,
-        block_size=config.block_size,
-    )
-    return coupling, check_sinkhorn(coupling.reg_ot_cost, coupling.converged, config)
-
-
-def _fold(grads):
-    """Both arguments are `x` (and both weights `a`): add their derivatives."""
+def _fold_self(grads):
     gx, gy, ga, gb = grads
     return gx + gy, ga + gb
 
 
-@eqx.filter_custom_jvp
-def _self_value_and_grad(x, a, epsilon, *, config: Config):
-    """`(OT(x, x, a, a), (grad_x, grad_a))`; the gradient's JVP is the joint HVP
-    in the tangent `(dx, dx, da, da)`."""
-    coupling, value = _solve_self(x, a, epsilon, config)
-    return value, _fold(_danskin_grad(coupling))
-
-
-@_self_value_and_grad.def_jvp
-def _self_value_and_grad_jvp(primals, tangents, *, config: Config):
-    x, a, epsilon = primals
-    tx, ta, t_eps = tangents
-    check_no_epsilon_tangent(t_eps)
-    coupling, value = _solve_self(x, a, epsilon, config)
-    grads = _fold(_danskin_grad(coupling))
-    d_grads, stats = _hvp(
-        coupling, tx, tx, ta, ta, linear_solver=config.linear_solver, return_stats=True
+_ot_value = _with_gradient(
+    _transport_value_and_grad(
+        lambda x, y, a, b, epsilon, config: config.solve(x, y, a, b, epsilon),
+        expand=lambda t: t,
+        fold=lambda g: g,
     )
-    d_grads = check_linear_solve(_fold(d_grads), stats, config)
-    return (value, grads), (_pairing(grads, (tx, ta)), forward_only(d_grads))
+)
+_self_value = _with_gradient(
+    _transport_value_and_grad(
+        lambda x, a, epsilon, config: config.solve_self(x, a, epsilon),
+        expand=lambda t: (t[0], t[0], t[1], t[1]),
+        fold=_fold_self,
+    )
+)
 
 
-@eqx.filter_custom_jvp
-def _self_value(x, a, epsilon, *, config: Config):
-    return _self_value_and_grad(x, a, epsilon, config=config)[0]
+def _sharp_coupling(x, y, a, b, epsilon, config: Config) -> Coupling:
+    f, g = potentials(x, y, a, b, epsilon, config=config)
+    return Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size)
 
 
-@_self_value.def_jvp
-def _self_value_jvp(primals, tangents, *, config: Config):
-    check_no_epsilon_tangent(tangents[2])
-    value, grads = _self_value_and_grad(*primals, config=config)
-    return value, _pairing(grads, tangents[:2])
-
-
-# --- Sharp Sinkhorn distance <P*, C> ------------------------------------------
-
-
-def _sharp_value_and_grad(x, y, a, b, epsilon, config: Config):
-    """`(<P, C>, (grad_x, grad_y, grad_a, grad_b))` with one H-solve (MATH.md).
+def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
+    """`(<P, C>, (grad_x, grad_y, grad_a, grad_b))` with one H-solve (docs/math.md).
 
     Written with `potentials` and `h_solve`, whose JVP rules are the
     implicit-function tangents, so JAX's forward mode through this function
     is the exact HVP (three H-solves per direction).
     """
-    f, g = potentials(x, y, a, b, epsilon, config=config)
-    kernel = Kernel(x, y, f, g, epsilon, config.cost, config.block_size)
-    pc_rows, pc_cols = cost_marginals(kernel)
-    u, v = h_solve(x, y, f, g, epsilon, pc_rows, pc_cols, config=config)
-    gx, gy = sharp_gradients(kernel, u, v)
+    coupling = _sharp_coupling(x, y, a, b, epsilon, config)
+    pc_rows, pc_cols = cost_marginals(coupling)
+    u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
+    gx, gy = sharp_gradients(coupling, u, v)
     return jnp.sum(pc_rows), (gx, gy, u, v)
 
 
-@eqx.filter_custom_jvp
-def _sharp_value(x, y, a, b, epsilon, *, config: Config):
-    f, g = potentials(x, y, a, b, epsilon, config=config)
-    pc_rows, _ = cost_marginals(Kernel(x, y, f, g, epsilon, config.cost, config.block_size))
-    return jnp.sum(pc_rows)
+def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
+    return jnp.sum(cost_marginals(_sharp_coupling(x, y, a, b, epsilon, config))[0])
 
 
-@_sharp_value.def_jvp
-def _sharp_value_jvp(primals, tangents, *, config: Config):
-    check_no_epsilon_tangent(tangents[4])
-    value, grads = _sharp_value_and_grad(*primals, config)
-    return value, _pairing(grads, tangents[:4])
+_sharp_value = _with_gradient(_sharp_value_and_grad, _sharp_value_only)
 
 
 # --- Public entry points -----------------------------------------------------
@@ -185,41 +154,12 @@ def _prepare(x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
-    if not isinstance(linear_solver, AbstractLinearSolver):
-        raise TypeError(
-            "`linear_solver` must be an ot_matfree linear solver (e.g. `CG()`), "
-            f"got {type(linear_solver).__name__}."
-        )
-    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"`block_size` must be a positive integer or None, got {block_size!r}.")
-    config = Config(as_cost(cost), solver, linear_solver, block_size, bool(throw))
+    check_linear_solver(linear_solver)
+    config = Config(as_cost(cost), solver, linear_solver, check_block_size(block_size), bool(throw))
     return x, y, a, b, epsilon, config
 
 
-_SHARED_ARGS = """
-    - `x`, `y`: source (n, d) and target (m, d) points.
-    - `a`, `b`: positive weights summing to one; uniform (and not differentiated)
-      if `None`.
-    - `epsilon`: absolute entropic regularisation (> 0). Not differentiable:
-      a tangent on `epsilon` raises `ValueError`.
-    - `cost`: an `AbstractCost` or any twice-differentiable callable
-      `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
-    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
-    - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
-    - `block_size`: rows per streaming block; `None` picks it from a memory budget.
-    - `throw`: raise (through `eqx.error_if`, also under `jit`) when Sinkhorn or
-      a derivative's linear solve does not converge. With `throw=False`
-      failures are silent; check `ot_matfree.solve(...)` diagnostics yourself.
-"""
-
-
-def _document(fn):
-    fn.__doc__ = fn.__doc__.replace("    ARGS\n", _SHARED_ARGS)
-    return fn
-
-
 @eqx.filter_jit
-@_document
 def ot_cost(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -229,7 +169,7 @@ def ot_cost(
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
-    linear_solver: AbstractLinearSolver = CG(),
+    linear_solver: AbstractHSolver = CG(),
     block_size: int | None = None,
     throw: bool = True,
 ) -> Float[Array, ""]:
@@ -257,7 +197,24 @@ def ot_cost(
     (tangents with `sum(da) = sum(db) = 0` give exact directional derivatives).
 
     **Arguments:**
-    ARGS
+
+    - `x`, `y`: source (n, d) and target (m, d) points.
+    - `a`, `b`: positive weights summing to one; uniform (and not differentiated)
+      if `None`.
+    - `epsilon`: absolute entropic regularisation (> 0). Not differentiable:
+      a tangent on `epsilon` raises `ValueError`.
+    - `cost`: an `AbstractCost` or any twice-differentiable callable
+      `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
+    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
+    - `block_size`: rows per streaming block; `None` picks it from a memory budget.
+    - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)
+      when Sinkhorn or a derivative's H-solve does not converge, whichever
+      output is used: the value, the gradient (also `jit(grad(f))`, where the
+      value is dropped) or an HVP. With `throw=False` nothing is checked: a
+      scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
+      `result` and `hvp(..., return_stats=True)` yourself.
+
     **Returns:** the scalar `reg_ot_cost`.
     """
     x, y, a, b, epsilon, config = _prepare(
@@ -267,7 +224,6 @@ def ot_cost(
 
 
 @eqx.filter_jit
-@_document
 def sinkhorn_divergence(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -277,7 +233,7 @@ def sinkhorn_divergence(
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
-    linear_solver: AbstractLinearSolver = CG(),
+    linear_solver: AbstractHSolver = CG(),
     block_size: int | None = None,
     throw: bool = True,
 ) -> Float[Array, ""]:
@@ -289,11 +245,29 @@ def sinkhorn_divergence(
     is `SqEuclidean`. In the self terms both arguments move together, so
     their derivatives add the two arguments' parts and their second
     derivatives use the joint HVP with tangent `(dx, dx, da, da)`: Hessians
-    are exact by construction (unlike ott-jax's default `use_danskin=True`, which freezes
-    the potentials). Same derivative support and weight convention as `ot_cost`.
+    are exact by construction (unlike ott-jax's default `use_danskin=True`,
+    which freezes the potentials). Same derivative support and weight
+    convention as `ot_cost`.
 
     **Arguments:**
-    ARGS
+
+    - `x`, `y`: source (n, d) and target (m, d) points.
+    - `a`, `b`: positive weights summing to one; uniform (and not differentiated)
+      if `None`.
+    - `epsilon`: absolute entropic regularisation (> 0). Not differentiable:
+      a tangent on `epsilon` raises `ValueError`.
+    - `cost`: an `AbstractCost` or any twice-differentiable callable
+      `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
+    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
+    - `block_size`: rows per streaming block; `None` picks it from a memory budget.
+    - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)
+      when Sinkhorn or a derivative's H-solve does not converge, whichever
+      output is used: the value, the gradient (also `jit(grad(f))`, where the
+      value is dropped) or an HVP. With `throw=False` nothing is checked: a
+      scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
+      `result` and `hvp(..., return_stats=True)` yourself.
+
     **Returns:** the scalar divergence.
     """
     x, y, a, b, epsilon, config = _prepare(
@@ -306,7 +280,6 @@ def sinkhorn_divergence(
 
 
 @eqx.filter_jit
-@_document
 def sinkhorn_distance(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -316,7 +289,7 @@ def sinkhorn_distance(
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
-    linear_solver: AbstractLinearSolver = CG(),
+    linear_solver: AbstractHSolver = CG(),
     block_size: int | None = None,
     throw: bool = True,
 ) -> Float[Array, ""]:
@@ -327,7 +300,7 @@ def sinkhorn_distance(
     - `jax.grad`: one Sinkhorn solve and one H-solve (Li et al., Prop. 2):
       with `[u; v] = H^+ [(P o C) 1; (P o C)^T 1]`,
       `grad_x W_k = sum_j P_kj grad_1 c_kj (1 + (u_k + v_j - C_kj) / eps)`,
-      `grad_a W = u`, `grad_b W = v` (MATH.md).
+      `grad_a W = u`, `grad_b W = v` (docs/math.md).
     - `jax.jvp(jax.grad(...))` / `jax.hessian`: exact, three H-solves per
       direction (the potentials' tangent, the adjoint `[u; v]`'s primal and
       its tangent `H^+ (d mu - dH [u; v])`), everything else by JAX's forward
@@ -338,11 +311,27 @@ def sinkhorn_distance(
     `ot_cost`.
 
     **Arguments:**
-    ARGS
+
+    - `x`, `y`: source (n, d) and target (m, d) points.
+    - `a`, `b`: positive weights summing to one; uniform (and not differentiated)
+      if `None`.
+    - `epsilon`: absolute entropic regularisation (> 0). Not differentiable:
+      a tangent on `epsilon` raises `ValueError`.
+    - `cost`: an `AbstractCost` or any twice-differentiable callable
+      `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
+    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
+    - `block_size`: rows per streaming block; `None` picks it from a memory budget.
+    - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)
+      when Sinkhorn or a derivative's H-solve does not converge, whichever
+      output is used: the value, the gradient (also `jit(grad(f))`, where the
+      value is dropped) or an HVP. With `throw=False` nothing is checked: a
+      scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
+      `result` and `hvp(..., return_stats=True)` yourself.
+
     **Returns:** the scalar `<P*, C>`.
     """
     x, y, a, b, epsilon, config = _prepare(
         x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
     )
     return _sharp_value(x, y, a, b, epsilon, config=config)
-

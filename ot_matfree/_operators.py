@@ -11,61 +11,58 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from ._coupling import Coupling
-from ._streaming import Kernel, apply, marginals
+from ._streaming import apply, marginals
 
 
 class CouplingOperator(lx.AbstractLinearOperator):
     """`P` (n x m) as a matrix-free lineax operator; `.T` streams `P^T`."""
 
-    kernel: Kernel
+    coupling: Coupling
 
     def mv(self, vector):
-        return apply(self.kernel, v=vector)[0]
+        return apply(self.coupling, v=vector)[0]
 
     def as_matrix(self) -> Float[Array, "n m"]:
         """Dense `P`: O(nm) memory, small problems only."""
-        n, m = self.kernel.shape
-        return apply(self.kernel, v=jnp.eye(m, dtype=self.kernel.x.dtype))[0]
+        m = self.coupling.shape[1]
+        return apply(self.coupling, v=jnp.eye(m, dtype=self.coupling.x.dtype))[0]
 
     def transpose(self):
-        return CouplingOperator(self.kernel.transpose())
+        return CouplingOperator(self.coupling.transpose())
 
     def in_structure(self):
-        return jax.ShapeDtypeStruct((self.kernel.shape[1],), self.kernel.x.dtype)
+        return jax.ShapeDtypeStruct((self.coupling.shape[1],), self.coupling.x.dtype)
 
     def out_structure(self):
-        return jax.ShapeDtypeStruct((self.kernel.shape[0],), self.kernel.x.dtype)
+        return jax.ShapeDtypeStruct((self.coupling.shape[0],), self.coupling.x.dtype)
 
 
 class HOperator(lx.AbstractLinearOperator):
     """`H = [[diag(a_hat), P], [P^T, diag(b_hat)]]` on vectors `[u; v]` of size n + m.
 
     `a_hat = P 1` and `b_hat = P^T 1` are the actual marginals of the coupling,
-    which makes `(1_n, -1_m)` an exact null vector. Symmetric PSD.
+    which makes `(1_n, -1_m)` an exact null vector. Symmetric PSD. Build it
+    with `h_operator`.
     """
 
-    kernel: Kernel
+    coupling: Coupling
     a_hat: Float[Array, " n"]
     b_hat: Float[Array, " m"]
 
-    @classmethod
-    def from_kernel(cls, kernel: Kernel) -> "HOperator":
-        """The H-matrix of `kernel`, with its marginals from one streaming pass."""
-        return cls(kernel, *marginals(kernel))
-
     @property
-    def coupling(self) -> CouplingOperator:
-        return CouplingOperator(self.kernel)
+    def p(self) -> CouplingOperator:
+        """The off-diagonal block `P` as a `CouplingOperator`."""
+        return CouplingOperator(self.coupling)
 
     def mv(self, vector):
         n = self.a_hat.shape[0]
         u, v = vector[:n], vector[n:]
-        pv, ptu = apply(self.kernel, v=v, u=u)
+        pv, ptu = apply(self.coupling, v=v, u=u)
         return jnp.concatenate([self.a_hat * u + pv, ptu + self.b_hat * v])
 
     def as_matrix(self) -> Float[Array, "n+m n+m"]:
         """Dense `H`: O((n + m)^2) memory, small problems only."""
-        p = self.coupling.as_matrix()
+        p = self.p.as_matrix()
         top = jnp.concatenate([jnp.diag(self.a_hat), p], axis=1)
         bottom = jnp.concatenate([p.T, jnp.diag(self.b_hat)], axis=1)
         return jnp.concatenate([top, bottom], axis=0)
@@ -81,7 +78,7 @@ class HOperator(lx.AbstractLinearOperator):
         return self.in_structure()
 
 
-def _register(cls, symmetric: bool) -> None:
+def _register(cls, symmetric: bool, diagonal) -> None:
     false_queries = (
         lx.is_diagonal, lx.is_tridiagonal, lx.has_unit_diagonal, lx.is_lower_triangular,
         lx.is_upper_triangular, lx.is_negative_semidefinite,
@@ -92,26 +89,28 @@ def _register(cls, symmetric: bool) -> None:
         query.register(cls)(lambda operator: symmetric)
     for query in (lx.linearise, lx.materialise, lx.conj):
         query.register(cls)(lambda operator: operator)
-    lx.diagonal.register(cls)(lambda operator: jnp.diag(operator.as_matrix()))
+    lx.diagonal.register(cls)(diagonal)
     lx.tridiagonal.register(cls)(
         lambda operator: lx.tridiagonal(lx.MatrixLinearOperator(operator.as_matrix()))
     )
 
 
-_register(CouplingOperator, symmetric=False)
-_register(HOperator, symmetric=True)
-lx.diagonal.register(HOperator)(lambda operator: jnp.concatenate([operator.a_hat, operator.b_hat]))
+_register(CouplingOperator, False, lambda operator: jnp.diag(operator.as_matrix()))
+_register(HOperator, True, lambda operator: jnp.concatenate([operator.a_hat, operator.b_hat]))
 
 
 def coupling_operator(coupling: Coupling) -> CouplingOperator:
     """The coupling matrix `P` (n x m) of `coupling` as a streaming lineax operator."""
-    return CouplingOperator(coupling.kernel)
+    return CouplingOperator(coupling)
 
 
 @eqx.filter_jit
 def h_operator(coupling: Coupling) -> HOperator:
     """The H-matrix of `coupling` as a streaming, symmetric PSD lineax operator.
 
-    Costs one streaming pass (for the marginals `P 1`, `P^T 1`).
+    Costs one streaming pass (for the marginals `P 1`, `P^T 1`). Solve with it
+    through `lineax.linear_solve(h_operator(c), rhs, solver=CG())` (or any
+    ot_matfree H-solver), or pass it to a solver's `init` once and reuse the
+    state for many solves.
     """
-    return HOperator.from_kernel(coupling.kernel)
+    return HOperator(coupling, *marginals(coupling))

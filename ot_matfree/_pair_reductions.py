@@ -1,6 +1,6 @@
 """Per-pair streaming reductions for gradients and Hessian-vector products.
 
-Each block needs two kinds of per-pair quantities (`design/math.md`,
+Each block needs two kinds of per-pair quantities (`docs/math.md`,
 "Gradient" and "Joint Hessian-vector product"):
 
 - `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`, and
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._costs import AbstractCost, SqEuclidean
-from ._streaming import Kernel, stream
+from ._coupling import Coupling
+from ._streaming import stream
 
 
 def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
@@ -55,7 +56,7 @@ def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
     return _per_pair(cost, xb, y, dxb, dy)[2]
 
 
-def _contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
+def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
     """Row and column contractions of `w` with the cost gradients, plus those
     of `p` with the second-order terms when `p` is given."""
     if isinstance(cost, SqEuclidean):
@@ -80,45 +81,46 @@ def _contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
     return out_x, out_y
 
 
-def _width(cost: AbstractCost, d: int) -> int:
+def block_width(cost: AbstractCost, d: int) -> int:
     """Block x m arrays alive in a block."""
     return 4 if isinstance(cost, SqEuclidean) else 4 * d + 4
 
 
-def gradients(kernel: Kernel) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
+def gradients(coupling: Coupling) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
     """Danskin gradients `(sum_j P_ij grad_1 c_ij, sum_i P_ij grad_2 c_ij)`."""
-    m, d = kernel.y.shape
+    m, d = coupling.y.shape
 
     def block_fn(rows, valid):
         xb, fb = rows
-        return _contract_block(kernel.cost, xb, kernel.y, kernel.probs(xb, fb, valid))
+        return contract_block(coupling.cost, xb, coupling.y, coupling.probs(xb, fb, valid))
 
-    col_init = jnp.zeros((m, d), kernel.x.dtype)
-    return stream(block_fn, (kernel.x, kernel.f), col_init, kernel.block(_width(kernel.cost, d)))
+    col_init = jnp.zeros((m, d), coupling.x.dtype)
+    block = coupling.block(block_width(coupling.cost, d))
+    return stream(block_fn, (coupling.x, coupling.f), col_init, block)
 
 
 def tangent_marginals(
-    kernel: Kernel, dx: Float[Array, "n d"] | None, dy: Float[Array, "m d"] | None
+    coupling: Coupling, dx: Float[Array, "n d"] | None, dy: Float[Array, "m d"] | None
 ) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
     """`(sum_j P_ij dC_ij, sum_i P_ij dC_ij)`, the point part of the HVP's
     right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`.
     `None` tangents are zero."""
-    (n, _), (m, d) = kernel.x.shape, kernel.y.shape
+    (n, _), (m, d) = coupling.x.shape, coupling.y.shape
     if dx is None and dy is None:
-        return jnp.zeros((n,), kernel.x.dtype), jnp.zeros((m,), kernel.x.dtype)
+        return jnp.zeros((n,), coupling.x.dtype), jnp.zeros((m,), coupling.x.dtype)
 
     def block_fn(rows, valid):
         xb, fb, dxb = rows
-        pdc = kernel.probs(xb, fb, valid) * _dc_block(kernel.cost, xb, kernel.y, dxb, dy)
+        pdc = coupling.probs(xb, fb, valid) * _dc_block(coupling.cost, xb, coupling.y, dxb, dy)
         return jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
 
-    col_init = jnp.zeros((m,), kernel.x.dtype)
-    rows = (kernel.x, kernel.f, dx)
-    return stream(block_fn, rows, col_init, kernel.block(_width(kernel.cost, d)))
+    col_init = jnp.zeros((m,), coupling.x.dtype)
+    rows = (coupling.x, coupling.f, dx)
+    return stream(block_fn, rows, col_init, coupling.block(block_width(coupling.cost, d)))
 
 
 def tangent_gradients(
-    kernel: Kernel,
+    coupling: Coupling,
     dx: Float[Array, "n d"] | None,
     dy: Float[Array, "m d"] | None,
     df: Float[Array, " n"],
@@ -129,17 +131,17 @@ def tangent_gradients(
     `(sum_j dP_ij grad_1 c_ij + P_ij (grad_11 c dx_i + grad_12 c dy_j),
       sum_i dP_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j))`.
     `None` tangents are zero."""
-    m, d = kernel.y.shape
+    m, d = coupling.y.shape
 
     def block_fn(rows, valid):
         xb, fb, dxb, dfb = rows
-        p = kernel.probs(xb, fb, valid)
+        p = coupling.probs(xb, fb, valid)
         shift = dfb[:, None] + dg[None, :]
         if dxb is not None or dy is not None:
-            shift = shift - _dc_block(kernel.cost, xb, kernel.y, dxb, dy)
-        dp = p * shift / kernel.epsilon
-        return _contract_block(kernel.cost, xb, kernel.y, dp, p, dxb, dy)
+            shift = shift - _dc_block(coupling.cost, xb, coupling.y, dxb, dy)
+        dp = p * shift / coupling.epsilon
+        return contract_block(coupling.cost, xb, coupling.y, dp, p, dxb, dy)
 
-    col_init = jnp.zeros((m, d), kernel.x.dtype)
-    rows = (kernel.x, kernel.f, dx, df)
-    return stream(block_fn, rows, col_init, kernel.block(_width(kernel.cost, d)))
+    col_init = jnp.zeros((m, d), coupling.x.dtype)
+    rows = (coupling.x, coupling.f, dx, df)
+    return stream(block_fn, rows, col_init, coupling.block(block_width(coupling.cost, d)))

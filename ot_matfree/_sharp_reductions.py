@@ -2,49 +2,50 @@
 
 Same layer as `_pair_reductions.py`: each function is one streaming pass
 over row blocks of the coupling, O((n + m) d + block * m) memory.
-Formulas: `design/MATH.md`, "Sinkhorn distance gradient".
+Formulas: `docs/math.md`, "Sinkhorn distance gradient".
 """
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._pair_reductions import _contract_block, _width
-from ._streaming import Kernel, stream
+from ._coupling import Coupling
+from ._pair_reductions import block_width, contract_block
+from ._streaming import stream
 
 
-def cost_marginals(kernel: Kernel) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+def cost_marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
     """Row and column sums of `P o C`: `((P o C) 1, (P o C)^T 1)`.
 
     Both sum to the sharp cost `<P, C>`.
     """
-    m = kernel.y.shape[0]
+    m = coupling.y.shape[0]
 
     def block_fn(rows, valid):
         xb, fb = rows
-        p, c = kernel.probs_and_cost(xb, fb, valid)
+        p, c = coupling.probs_and_cost(xb, fb, valid)
         pc = p * c
         return jnp.sum(pc, axis=1), jnp.sum(pc, axis=0)
 
-    col_init = jnp.zeros((m,), kernel.x.dtype)
-    return stream(block_fn, (kernel.x, kernel.f), col_init, kernel.block(3))
+    col_init = jnp.zeros((m,), coupling.x.dtype)
+    return stream(block_fn, (coupling.x, coupling.f), col_init, coupling.block(3))
 
 
 def sharp_gradients(
-    kernel: Kernel, u: Float[Array, " n"], v: Float[Array, " m"]
+    coupling: Coupling, u: Float[Array, " n"], v: Float[Array, " m"]
 ) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
     """Point gradients of `<P, C>` given the adjoint `[u; v] = H^+ [(P o C) 1; (P o C)^T 1]`.
 
     With `w_ij = P_ij (1 + (u_i + v_j - C_ij) / eps)`:
     `(sum_j w_ij grad_1 c_ij, sum_i w_ij grad_2 c_ij)`.
     """
-    m, d = kernel.y.shape
+    m, d = coupling.y.shape
 
     def block_fn(rows, valid):
         xb, fb, ub = rows
-        p, c = kernel.probs_and_cost(xb, fb, valid)
-        w = p * (1 + (ub[:, None] + v[None, :] - c) / kernel.epsilon)
-        return _contract_block(kernel.cost, xb, kernel.y, w)
+        p, c = coupling.probs_and_cost(xb, fb, valid)
+        w = p * (1 + (ub[:, None] + v[None, :] - c) / coupling.epsilon)
+        return contract_block(coupling.cost, xb, coupling.y, w)
 
-    col_init = jnp.zeros((m, d), kernel.x.dtype)
-    block = kernel.block(_width(kernel.cost, d) + 2)
-    return stream(block_fn, (kernel.x, kernel.f, u), col_init, block)
+    col_init = jnp.zeros((m, d), coupling.x.dtype)
+    block = coupling.block(block_width(coupling.cost, d) + 2)
+    return stream(block_fn, (coupling.x, coupling.f, u), col_init, block)

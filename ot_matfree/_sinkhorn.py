@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_problem
+from ._checks import check_block_size, check_problem
 from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._coupling import Coupling
-from ._streaming import Kernel, row_logsumexp
+from ._results import RESULTS
+from ._streaming import row_logsumexp
 
 
 class Sinkhorn(eqx.Module):
@@ -31,7 +32,8 @@ class Sinkhorn(eqx.Module):
 
     - `tol`: stop when `|P 1 - a|_1 <= tol` (columns are exact up to rounding).
       Float32 cannot go much below `1e-6`.
-    - `max_iters`: iteration cap; `Coupling.converged` is `False` when reached.
+    - `max_iters`: iteration cap; reaching it is a failure
+      (`RESULTS.sinkhorn_max_iters_reached`: raised with `throw=True`).
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar.
@@ -60,16 +62,36 @@ def report_progress(solver: Sinkhorn, iteration, error) -> None:
         )
 
 
-def _potential(kernel: Kernel, log_w: Array, other: Array) -> Array:
-    """`eps log w_i - eps LSE_j (other_j - C_ij) / eps`."""
-    return kernel.epsilon * (log_w - row_logsumexp(kernel, other))
+def finish(coupling: Coupling, throw: bool) -> Coupling:
+    """With `throw`, attach the status check to every array of `coupling`.
+
+    Every output a caller may use (potentials, cost, gradients computed from
+    them) then carries the check, so it also runs under `jit(grad(...))`,
+    where JAX drops unused values.
+    """
+    if not throw:
+        return coupling
+    return coupling.result.error_if(coupling, coupling.result != RESULTS.successful)
+
+
+def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
+    return RESULTS.where(err <= solver.tol, RESULTS.successful, RESULTS.sinkhorn_max_iters_reached)
 
 
 @eqx.filter_jit
-def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size) -> Coupling:
-    kernel = Kernel(x, y, f_init, jnp.zeros(y.shape[0], x.dtype), epsilon, cost, block_size)
-    kernel_t = kernel.transpose()
+def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size, throw) -> Coupling:
+    # The gauge (f + c, g - c) is free: centre the start so that potentials stay
+    # of the size of the costs. A start like `full(n, 1e16)` otherwise makes
+    # f - f_next round to 0, and the marginal error with it (false convergence).
+    f_init = f_init - jnp.mean(f_init)
+    geometry = Coupling(x, y, a, b, f_init, jnp.zeros(y.shape[0], x.dtype), epsilon, cost,
+                        block_size=block_size)
+    geometry_t = geometry.transpose()
     log_a, log_b = jnp.log(a), jnp.log(b)
+
+    def potential(geom, log_w, other):
+        """`eps log w_i - eps LSE_j (other_j - C_ij) / eps`."""
+        return epsilon * (log_w - row_logsumexp(geom, other))
 
     def cond(state):
         it, _, _, _, err = state
@@ -77,15 +99,15 @@ def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size) -> C
 
     def body(state):
         it, f, _, _, _ = state
-        g = _potential(kernel_t, log_b, f)
-        f_next = _potential(kernel, log_a, g)
+        g = potential(geometry_t, log_b, f)
+        f_next = potential(geometry, log_a, g)
         # Row sums of the coupling (f, g): a_i exp((f_i - f_next_i) / eps).
         err = jnp.sum(jnp.abs(a * jnp.expm1((f - f_next) / epsilon)))
         report_progress(solver, it + 1, err)
         return it + 1, f_next, g, f, err
 
     inf = jnp.asarray(jnp.inf, x.dtype)
-    init = (jnp.asarray(0), f_init, kernel.g, f_init, inf)
+    init = (jnp.asarray(0), f_init, geometry.g, f_init, inf)
     it, f_next, g, f, err = jax.lax.while_loop(cond, body, init)
     total_mass = jnp.sum(a * jnp.exp((f - f_next) / epsilon))
     reg_ot_cost = (
@@ -93,11 +115,11 @@ def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size) -> C
         + jnp.sum(b * (g - epsilon * log_b))
         + epsilon * (1 - total_mass)
     )
-    return Coupling(
-        x=x, y=y, a=a, b=b, f=f, g=g, epsilon=epsilon, cost=cost, num_iters=it,
-        converged=err <= solver.tol, marginal_error=err, reg_ot_cost=reg_ot_cost,
-        block_size=block_size,
+    coupling = Coupling(
+        x, y, a, b, f, g, epsilon, cost, num_iters=it, marginal_error=err,
+        reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
     )
+    return finish(coupling, throw)
 
 
 def solve(
@@ -111,6 +133,7 @@ def solve(
     solver: Sinkhorn = Sinkhorn(),
     block_size: int | None = None,
     init: Float[Array, " n"] | None = None,
+    throw: bool = True,
 ) -> Coupling:
     """Solve balanced entropic OT between two weighted point clouds.
 
@@ -127,12 +150,17 @@ def solve(
       (e.g. an ott-jax `CostFn`).
     - `solver`: a `Sinkhorn` instance (tolerance, iteration cap, progress).
     - `block_size`: rows per streaming block; `None` picks it from a memory
-      budget (`ot_matfree._streaming.DEFAULT_BLOCK_BYTES`).
-    - `init`: initial `f` potential (warm start), shape (n,).
+      budget (`ot_matfree._coupling.DEFAULT_BLOCK_BYTES`).
+    - `init`: initial `f` potential (warm start), shape (n,); only its
+      differences matter (it is centred, which removes the free gauge
+      constant), and it must be finite.
+    - `throw`: raise (`equinox.EquinoxRuntimeError`, also under `jit`) when
+      Sinkhorn stops at `max_iters`. With `throw=False` the coupling is
+      returned with `converged=False` and
+      `result = RESULTS.sinkhorn_max_iters_reached`.
 
     **Returns:** a `Coupling` with potentials and diagnostics
-    (`num_iters`, `converged`, `marginal_error`, `reg_ot_cost`). A solve that
-    hits `max_iters` returns `converged=False`; check it.
+    (`num_iters`, `converged`, `result`, `marginal_error`, `reg_ot_cost`).
     """
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     n = x.shape[0]
@@ -141,4 +169,6 @@ def solve(
     f_init = jnp.zeros((n,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
     if f_init.shape != (n,):
         raise ValueError(f"`init` must have shape ({n},), got {f_init.shape}.")
-    return _solve(x, y, a, b, epsilon, as_cost(cost), solver, f_init, block_size)
+    f_init = eqx.error_if(f_init, ~jnp.all(jnp.isfinite(f_init)), "`init` contains NaN or inf.")
+    block_size = check_block_size(block_size)
+    return _solve(x, y, a, b, epsilon, as_cost(cost), solver, f_init, block_size, bool(throw))

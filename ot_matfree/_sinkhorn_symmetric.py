@@ -13,11 +13,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_epsilon, check_points, check_weights
+from ._checks import check_block_size, check_epsilon, check_points, check_weights
 from ._costs import AbstractCost, SqEuclidean
 from ._coupling import Coupling
-from ._sinkhorn import Sinkhorn, report_progress, solve
-from ._streaming import Kernel, row_logsumexp
+from ._sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve
+from ._streaming import row_logsumexp
 
 
 def is_symmetric(cost: AbstractCost) -> bool:
@@ -26,13 +26,13 @@ def is_symmetric(cost: AbstractCost) -> bool:
 
 
 @eqx.filter_jit
-def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size) -> Coupling:
+def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size, throw) -> Coupling:
     n = x.shape[0]
     log_a = jnp.log(a)
 
     def transform(f):
-        kernel = Kernel(x, x, f, f, epsilon, cost, block_size)
-        return epsilon * (log_a - row_logsumexp(kernel, f))
+        geometry = Coupling(x, x, a, a, f, f, epsilon, cost, block_size=block_size)
+        return epsilon * (log_a - row_logsumexp(geometry, f))
 
     def error(f, tf):
         # Row sums of the coupling (f, f) are a_i exp((f_i - T(f)_i) / eps);
@@ -56,26 +56,29 @@ def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size) -> Coupl
     it, f, tf, err = jax.lax.while_loop(cond, body, (jnp.asarray(0), f0, tf0, error(f0, tf0)))
     total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
     reg_ot_cost = 2 * jnp.sum(a * (f - epsilon * log_a)) + epsilon * (1 - total_mass)
-    return Coupling(
-        x=x, y=x, a=a, b=a, f=f, g=f, epsilon=epsilon, cost=cost, num_iters=it,
-        converged=err <= solver.tol, marginal_error=err, reg_ot_cost=reg_ot_cost,
-        block_size=block_size,
+    coupling = Coupling(
+        x, x, a, a, f, f, epsilon, cost, num_iters=it, marginal_error=err,
+        reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
     )
+    return finish(coupling, throw)
 
 
 def solve_symmetric(
     x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
-    block_size: int | None = None,
+    block_size: int | None = None, throw: bool = True,
 ) -> Coupling:
     """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
 
     Falls back to `solve(x, x, a, a, ...)` for costs not known to be symmetric.
     `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
-    mass correction of an unconverged coupling).
+    mass correction of an unconverged coupling); `throw` as for `solve`.
     """
     if not is_symmetric(cost):
-        return solve(x, x, a, a, epsilon=epsilon, cost=cost, solver=solver, block_size=block_size)
+        return solve(
+            x, x, a, a, epsilon=epsilon, cost=cost, solver=solver, block_size=block_size,
+            throw=throw,
+        )
     x = check_points("x", x)
     a = check_weights("a", a, x.shape[0], x.dtype)
     epsilon = check_epsilon(epsilon, x.dtype)
-    return _solve_symmetric(x, a, epsilon, cost, solver, block_size)
+    return _solve_symmetric(x, a, epsilon, cost, solver, check_block_size(block_size), bool(throw))

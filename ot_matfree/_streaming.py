@@ -11,28 +11,11 @@ carry, so one pass yields both `P @ V` and `P^T @ U`.
 import math
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PyTree
+from jaxtyping import Array, Float, PyTree
 
-from ._costs import AbstractCost
-
-#: Working memory a single block may use, in bytes, when no block size is given.
-DEFAULT_BLOCK_BYTES = 64 * 2**20
-
-
-def block_rows(n: int, m: int, width: int, itemsize: int, block_size: int | None) -> int:
-    """Rows per block: `block_size` if given, else as many as fit the budget.
-
-    `width` is the number of `block x m` arrays a reduction keeps alive.
-    """
-    if block_size is not None:
-        if block_size < 1:
-            raise ValueError(f"`block_size` must be a positive integer, got {block_size}.")
-        return min(block_size, n)
-    rows = DEFAULT_BLOCK_BYTES // max(1, m * width * itemsize)
-    return int(min(n, max(1, rows)))
+from ._coupling import Coupling
 
 
 def stream(
@@ -72,75 +55,39 @@ def stream(
     return row_out, col_total
 
 
-class Kernel(eqx.Module):
-    """The coupling in factored form: points, potentials, epsilon and cost.
-
-    `P_ij = exp((f_i + g_j - c(x_i, y_j)) / epsilon)`.
-    """
-
-    x: Float[Array, "n d"]
-    y: Float[Array, "m d"]
-    f: Float[Array, " n"]
-    g: Float[Array, " m"]
-    epsilon: Float[Array, ""]
-    cost: AbstractCost
-    block_size: int | None = eqx.field(static=True, default=None)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.x.shape[0], self.y.shape[0]
-
-    def transpose(self) -> "Kernel":
-        return Kernel(self.y, self.x, self.g, self.f, self.epsilon, self.cost.transpose(), self.block_size)
-
-    def block(self, width: int) -> int:
-        n, m = self.shape
-        return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
-
-    def probs_and_cost(self, xb, fb, valid: Bool[Array, " k"]):
-        """The blocks `P[rows, :]` (zero on padded rows) and `C[rows, :]`."""
-        c = self.cost.matrix(xb, self.y)
-        logits = (fb[:, None] + self.g[None, :] - c) / self.epsilon
-        return jnp.where(valid[:, None], jnp.exp(logits), 0.0), c
-
-    def probs(self, xb, fb, valid: Bool[Array, " k"]) -> Float[Array, "k m"]:
-        """The block `P[rows, :]`, zero on padded rows."""
-        return self.probs_and_cost(xb, fb, valid)[0]
-
-
-def row_logsumexp(kernel: Kernel, g_weights: Float[Array, " m"]) -> Float[Array, " n"]:
+def row_logsumexp(coupling: Coupling, g_weights: Float[Array, " m"]) -> Float[Array, " n"]:
     """`LSE_j (w_j - C_ij) / eps` for every row i: the Sinkhorn row update."""
 
     def block_fn(rows, valid):
         xb, = rows
-        z = (g_weights[None, :] - kernel.cost.matrix(xb, kernel.y)) / kernel.epsilon
+        z = (g_weights[None, :] - coupling.cost.matrix(xb, coupling.y)) / coupling.epsilon
         return jax.nn.logsumexp(z, axis=1), ()
 
-    out, _ = stream(block_fn, (kernel.x,), (), kernel.block(2))
+    out, _ = stream(block_fn, (coupling.x,), (), coupling.block(2))
     return out
 
 
 def apply(
-    kernel: Kernel, v: Float[Array, " m *k"] | None = None, u: Float[Array, " n *k"] | None = None
+    coupling: Coupling, v: Float[Array, " m *k"] | None = None, u: Float[Array, " n *k"] | None = None
 ) -> tuple[Float[Array, " n *k"] | None, Float[Array, " m *k"] | None]:
     """`(P @ v, P^T @ u)` in one pass; either input may be `None`."""
-    n, m = kernel.shape
-    dtype = kernel.x.dtype
+    n, m = coupling.shape
+    dtype = coupling.x.dtype
     col_init = () if u is None else jnp.zeros((m, *u.shape[1:]), dtype)
-    rows = (kernel.x, kernel.f) if u is None else (kernel.x, kernel.f, u)
+    rows = (coupling.x, coupling.f) if u is None else (coupling.x, coupling.f, u)
 
     def block_fn(rows, valid):
-        p = kernel.probs(rows[0], rows[1], valid)
+        p = coupling.probs(rows[0], rows[1], valid)
         row_out = () if v is None else jnp.tensordot(p, v, axes=1)
         col_out = () if u is None else jnp.tensordot(p, rows[2], axes=((0,), (0,)))
         return row_out, col_out
 
-    row_out, col_out = stream(block_fn, rows, col_init, kernel.block(2))
+    row_out, col_out = stream(block_fn, rows, col_init, coupling.block(2))
     return (None if v is None else row_out), (None if u is None else col_out)
 
 
-def marginals(kernel: Kernel) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+def marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
     """Row and column sums `(P 1, P^T 1)` in one pass."""
-    n, m = kernel.shape
-    dtype = kernel.x.dtype
-    return apply(kernel, jnp.ones((m,), dtype), jnp.ones((n,), dtype))
+    n, m = coupling.shape
+    dtype = coupling.x.dtype
+    return apply(coupling, jnp.ones((m,), dtype), jnp.ones((n,), dtype))

@@ -1,4 +1,5 @@
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -65,3 +66,39 @@ def test_option_errors():
         om.solve(jnp.ones((3, 2)), jnp.ones((3, 2)), epsilon=1.0, block_size=0)
     with pytest.raises(TypeError, match="cost"):
         om.solve(jnp.ones((3, 2)), jnp.ones((3, 2)), epsilon=1.0, cost="euclidean")
+
+
+@pytest.mark.parametrize("bad", [2.5, 3.0, True, jnp.asarray(3)])
+def test_block_size_type_errors(data, bad):
+    with pytest.raises(TypeError, match="block_size"):
+        om.solve(*data, epsilon=0.5, block_size=bad)
+    with pytest.raises(TypeError, match="block_size"):
+        om.ot_cost(*data, epsilon=0.5, block_size=bad)
+
+
+def test_block_size_accepts_numpy_integers(data):
+    import numpy as np
+
+    ref = om.solve(*data, epsilon=0.5, block_size=3)
+    out = om.solve(*data, epsilon=0.5, block_size=np.int64(3))
+    assert out.block_size == 3 and isinstance(out.block_size, int)
+    assert jnp.array_equal(out.f, ref.f)
+
+
+def test_from_ott_rejects_other_objects(data):
+    coupling = om.solve(*data, epsilon=0.5)
+    with pytest.raises(TypeError, match="SinkhornOutput"):
+        om.from_ott(coupling)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_points_are_rejected(dtype):
+    with pytest.raises(TypeError, match="float32"):
+        om.solve(jnp.ones((3, 2), dtype), jnp.ones((4, 2), dtype), epsilon=0.5)
+
+
+def test_complex_epsilon_is_rejected(data):
+    with pytest.raises(TypeError, match="`epsilon` must be real"):
+        om.solve(*data, epsilon=0.5 + 0.1j)
+    with pytest.raises(TypeError, match="`epsilon` must be real"):
+        jax.jit(lambda e: om.ot_cost(*data, epsilon=e))(jnp.asarray(0.5 + 0.1j))

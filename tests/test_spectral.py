@@ -14,6 +14,11 @@ def _circle(num, dtype=jnp.float64):
     return jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
 
 
+def _prepared(solver, coupling):
+    """The solver and its state (block Lanczos run once) for `coupling`."""
+    return solver, solver.init(om.h_operator(coupling), {})
+
+
 def _dense_pt(coupling):
     p = om.coupling_operator(coupling).as_matrix()
     a_hat, b_hat = p.sum(1), p.sum(0)
@@ -41,7 +46,7 @@ def circle():
     [6e-10, 1e-7], every s_i doubled; y jittered so Sinkhorn is not exact."""
     x = _circle(40)
     y = x + 1e-3 * jax.random.normal(jax.random.PRNGKey(3), x.shape, x.dtype)
-    return om.solve(x, y, epsilon=0.0014, solver=om.Sinkhorn(tol=1e-10, max_iters=20_000))
+    return om.solve(x, y, epsilon=0.0014, solver=om.Sinkhorn(tol=1e-8, max_iters=20_000))
 
 
 @pytest.mark.parametrize("swap", [False, True])
@@ -90,12 +95,14 @@ def test_spectrum_resolves_doubled_singular_values():
 def test_spectral_cg_equals_cg_and_dense(gaussian, rank):
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
     dense = om.hvp_x(gaussian, v, linear_solver=om.DenseSolver())
-    solver = om.SpectralCG(rank=rank, rtol=1e-12).prepare(gaussian)
-    out, stats = om.hvp_x(gaussian, v, linear_solver=solver, return_stats=True)
+    solver, state = _prepared(om.SpectralCG(rank=rank, rtol=1e-12), gaussian)
+    out, stats = om.hvp_x(
+        gaussian, v, linear_solver=solver, solver_state=state, return_stats=True
+    )
     assert rel_err(out, dense) < 1e-8
     assert bool(stats["converged"])
     assert int(stats["num_deflated"]) == rank
-    if rank == 5:  # without a precomputed spectrum, solve computes it
+    if rank == 5:  # without a state, the call sets one up
         out2 = om.hvp_x(gaussian, v, linear_solver=om.SpectralCG(rank=rank, rtol=1e-12))
         assert rel_err(out2, dense) < 1e-8
 
@@ -103,17 +110,17 @@ def test_spectral_cg_equals_cg_and_dense(gaussian, rank):
 def test_spectral_cg_fewer_iterations(square):
     v = jax.random.normal(jax.random.PRNGKey(2), square.x.shape, jnp.float64)
     ref, cg_stats = om.hvp_x(square, v, linear_solver=om.CG(rtol=1e-8), return_stats=True)
-    solver = om.SpectralCG(rank=20, rtol=1e-8, num_blocks=4).prepare(square)
-    out, stats = om.hvp_x(square, v, linear_solver=solver, return_stats=True)
+    solver, state = _prepared(om.SpectralCG(rank=20, rtol=1e-8, num_blocks=4), square)
+    out, stats = om.hvp_x(square, v, linear_solver=solver, solver_state=state, return_stats=True)
     assert rel_err(out, ref) < 1e-6
     assert bool(stats["converged"]) and bool(cg_stats["converged"])
     assert int(stats["num_steps"]) * 2 <= int(cg_stats["num_steps"])
 
 
 def test_spectral_cg_rejects_other_coupling(gaussian, square):
-    solver = om.SpectralCG(rank=3).prepare(gaussian)
-    with pytest.raises(ValueError, match="prepare"):
-        om.hvp_x(square, square.x, linear_solver=solver)
+    solver, state = _prepared(om.SpectralCG(rank=3), gaussian)
+    with pytest.raises(ValueError, match="solver_state"):
+        om.hvp_x(square, square.x, linear_solver=solver, solver_state=state)
     with pytest.raises(ValueError, match="rank"):
         om.SpectralCG(rank=-1)
     with pytest.raises(ValueError, match="threshold"):
@@ -137,7 +144,9 @@ def test_truncated_svd_matches_dense_on_circle(circle):
     # Untruncated solves do not give the regularised answer, and CG stalls.
     plain = om.hvp_x(circle, v, linear_solver=om.DenseSolver())
     assert rel_err(plain, dense) > 1e-7
-    cg_out, cg_stats = om.hvp_x(circle, v, linear_solver=om.CG(), return_stats=True)
+    cg_out, cg_stats = om.hvp_x(
+        circle, v, linear_solver=om.CG(), return_stats=True, throw=False
+    )
     assert not bool(cg_stats["converged"]) or rel_err(cg_out, dense) > 1e-7
 
 
@@ -145,8 +154,10 @@ def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
     """Non-uniform weights, n != m: the cut-off is on D^-1/2 H D^-1/2."""
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
     tau = 2e-3  # drops a few directions of this well-conditioned problem
-    solver = om.TruncatedSVD(rank=10, threshold=tau).prepare(gaussian)
-    out, stats = om.hvp_x(gaussian, v, linear_solver=solver, return_stats=True)
+    solver, state = _prepared(om.TruncatedSVD(rank=10, threshold=tau), gaussian)
+    out, stats = om.hvp_x(
+        gaussian, v, linear_solver=solver, solver_state=state, return_stats=True
+    )
     dense = om.hvp_x(gaussian, v, linear_solver=om.DenseSolver(threshold=tau, normalise=True))
     assert int(stats["num_truncated"]) > 1
     assert rel_err(out, dense) < 1e-8
@@ -161,7 +172,8 @@ def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
 @pytest.mark.parametrize("solver", [om.SpectralCG(rank=5), om.TruncatedSVD(rank=5, threshold=1e-4)])
 def test_float32_finite(solver):
     x, y, a, b = problem(0, 60, 40, 2, dtype=jnp.float32)
-    coupling = om.solve(x, y, a, b, epsilon=0.01)
+    # float32 Sinkhorn stagnates at a marginal error of 1.6e-6 here: tol 1e-5.
+    coupling = om.solve(x, y, a, b, epsilon=0.01, solver=om.Sinkhorn(tol=1e-5))
     v = jax.random.normal(jax.random.PRNGKey(1), x.shape, jnp.float32)
     out, stats = om.hvp_x(coupling, v, linear_solver=solver, return_stats=True)
     assert out.dtype == jnp.float32
@@ -186,10 +198,17 @@ def test_spectral_cg_survives_gaps_at_rounding_level():
     x = jax.random.uniform(kx, (100, 2))
     y = jax.random.uniform(ky, (100, 2))
     mean_cost = jnp.mean(jnp.sum((x[:, None] - y[None]) ** 2, -1))
-    coupling = om.solve(x, y, epsilon=5e-5 * mean_cost, solver=om.Sinkhorn(tol=1e-6, max_iters=5000))
+    # Sinkhorn does not reach 1e-6 here; the study kept such couplings, and so
+    # does this test: the HVP is that of the coupling as it is (throw=False).
+    coupling = om.solve(
+        x, y, epsilon=5e-5 * mean_cost, solver=om.Sinkhorn(tol=1e-6, max_iters=5000), throw=False
+    )
     v = jax.random.normal(kv, x.shape)
-    ref = om.hvp_x(coupling, v, linear_solver=om.DenseSolver())
-    solver = om.SpectralCG(rank=20, max_steps=5000).prepare(coupling)
-    hv, stats = om.hvp_x(coupling, v, linear_solver=solver, return_stats=True)
+    ref = om.hvp_x(coupling, v, linear_solver=om.DenseSolver(), throw=False)
+    solver, state = _prepared(om.SpectralCG(rank=20, max_steps=5000), coupling)
+    hv, stats = om.hvp_x(
+        coupling, v, linear_solver=solver, solver_state=state, return_stats=True, throw=False
+    )
+    assert stats["result"] == om.RESULTS.coupling_not_converged
     assert bool(stats["converged"])
     assert float(jnp.linalg.norm(hv - ref) / jnp.linalg.norm(ref)) < 1e-6

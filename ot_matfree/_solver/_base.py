@@ -1,9 +1,23 @@
-"""The interface every H-matrix solver implements."""
+"""What every H-matrix solver shares: lineax's solver contract on `HOperator`.
+
+A solver is an `lineax.AbstractLinearSolver`:
+`init(operator, options) -> state` does the set-up that depends on the
+operator only (nothing for `CG`, the block Lanczos spectrum for the spectral
+solvers, an eigendecomposition for `DenseSolver`), and
+`compute(state, vector, options) -> (solution, result, stats)` solves one
+right-hand side. So `lineax.linear_solve(h_operator(c), rhs, solver, state=...)`
+works, and one state serves many solves.
+
+H is singular (null vector `(1_n, -1_m)`): every solver returns the
+minimum-norm least-squares solution (the pseudo-inverse applied to the
+right-hand side), and `assume_full_rank()` is `False`.
+"""
 
 import abc
+from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Float
 
 from .._operators import HOperator
@@ -22,6 +36,15 @@ def check_cg_options(rtol: float | None, atol: float, max_steps: int) -> None:
         raise ValueError(f"`atol` must be >= 0, got {atol}.")
     if max_steps < 1:
         raise ValueError(f"`max_steps` must be >= 1, got {max_steps}.")
+
+
+def check_h_operator(operator) -> HOperator:
+    if not isinstance(operator, HOperator):
+        raise TypeError(
+            "ot_matfree's solvers solve the H-matrix of a coupling: pass "
+            f"`ot_matfree.h_operator(coupling)`, got {type(operator).__name__}."
+        )
+    return operator
 
 
 def project_range(r: Float[Array, " n"], s: Float[Array, " m"]):
@@ -43,17 +66,46 @@ def fix_gauge(df: Float[Array, " n"], dg: Float[Array, " m"]):
     return df - shift, dg + shift
 
 
-class AbstractLinearSolver(eqx.Module):
-    """Solves `H [df; dg] = [r; s]` for the H-matrix of a coupling.
+def cg_result(stats: dict[str, Array], max_steps: int) -> lx.RESULTS:
+    """`successful`, or why CG stopped short: `max_steps_reached` or `breakdown`."""
+    failure = lx.RESULTS.where(
+        stats["num_steps"] >= max_steps, lx.RESULTS.max_steps_reached, lx.RESULTS.breakdown
+    )
+    return lx.RESULTS.where(stats["converged"], lx.RESULTS.successful, failure)
 
-    Implementations return the minimum-norm least-squares solution (the
-    component of the right-hand side along the null vector `(1_n, -1_m)` is
-    removed first) and a stats dict with at least `num_steps`, `residual`
-    (relative) and `converged`.
+
+class AbstractHSolver(lx.AbstractLinearSolver):
+    """A solver for `H [df; dg] = [r; s]`, the H-matrix of a coupling.
+
+    Follows lineax's `AbstractLinearSolver` contract on an `HOperator` (from
+    `ot_matfree.h_operator`) and a flat right-hand side `[r; s]` of size
+    `n + m`. The solution is the minimum-norm least-squares one (the component
+    of the right-hand side along the null vector `(1_n, -1_m)` is removed
+    first). Stats hold at least `num_steps`, `residual` (relative) and
+    `converged`; the returned `lineax.RESULTS` is `successful` exactly when
+    `converged` is true.
     """
 
     @abc.abstractmethod
-    def solve(
-        self, operator: HOperator, r: Float[Array, " n"], s: Float[Array, " m"]
-    ) -> tuple[Float[Array, " n"], Float[Array, " m"], dict[str, Array]]:
-        """Return `(df, dg, stats)`."""
+    def init(self, operator: HOperator, options: dict[str, Any]):
+        """Set-up on the operator alone; the state it returns holds the operator."""
+
+    @abc.abstractmethod
+    def solve_split(
+        self, state, r: Float[Array, " n"], s: Float[Array, " m"]
+    ) -> tuple[Float[Array, " n"], Float[Array, " m"], lx.RESULTS, dict[str, Array]]:
+        """`(df, dg, result, stats)` for the right-hand side `[r; s]`."""
+
+    def compute(self, state, vector, options):
+        n = state.operator.a_hat.shape[0]
+        df, dg, result, stats = self.solve_split(state, vector[:n], vector[n:])
+        return jnp.concatenate([df, dg]), result, stats
+
+    def transpose(self, state, options):
+        return state, options  # H is symmetric
+
+    def conj(self, state, options):
+        return state, options  # H is real
+
+    def assume_full_rank(self) -> bool:
+        return False  # null vector (1_n, -1_m)

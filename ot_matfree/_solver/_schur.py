@@ -29,8 +29,8 @@ class NormalisedSchur(eqx.Module):
     def from_h(cls, operator: HOperator) -> "NormalisedSchur":
         n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
         if m <= n:
-            return cls(operator.coupling, operator.a_hat, operator.b_hat, False)
-        return cls(operator.coupling.T, operator.b_hat, operator.a_hat, True)
+            return cls(operator.p, operator.a_hat, operator.b_hat, False)
+        return cls(operator.p.T, operator.b_hat, operator.a_hat, True)
 
     @property
     def null_vector(self) -> Float[Array, " small"]:
@@ -57,6 +57,16 @@ class NormalisedSchur(eqx.Module):
         """Right-hand side of the normalised system (orthogonal to the null vector)."""
         big, small = (s, r) if self.swapped else (r, s)
         return self.project((small - self.q_op.T.mv(big / self.p)) / jnp.sqrt(self.q))
+
+    def rounding_level(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
+        """Absolute residual below which the reduced right-hand side is rounding noise.
+
+        `reduce` subtracts two terms of norm up to `|[r / sqrt(a_hat); s / sqrt(b_hat)]|`;
+        its result carries rounding error of a few machine epsilons times that.
+        """
+        big, small = (s, r) if self.swapped else (r, s)
+        scale = jnp.sqrt(jnp.sum(big**2 / self.p) + jnp.sum(small**2 / self.q))
+        return 4 * jnp.finfo(scale.dtype).eps * scale
 
     def recover(self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"]):
         """`(df, dg)` from the normalised solution `z`, gauge fixed."""

@@ -10,13 +10,25 @@ reported. The operators are still lineax operators.
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._operators import HOperator
-from ._base import AbstractLinearSolver, check_cg_options, default_rtol, project_range
+from ._base import (
+    AbstractHSolver,
+    cg_result,
+    check_cg_options,
+    check_h_operator,
+    default_rtol,
+    project_range,
+)
 from ._schur import NormalisedSchur
+
+
+#: Multiple of machine epsilon that counts as a backward error at rounding level.
+BACKWARD_ERROR = 8
 
 
 def conjugate_gradient(
@@ -24,15 +36,21 @@ def conjugate_gradient(
     b: Float[Array, " k"],
     *,
     rtol: float,
-    atol: float,
+    atol: float | Array,
     max_steps: int,
     preconditioner: Callable[[Array], Array] | None = None,
 ) -> tuple[Float[Array, " k"], dict[str, Array]]:
-    """(Preconditioned) CG for a symmetric PSD `mv` on a consistent `b`.
+    """(Preconditioned) CG for a symmetric PSD `mv` with `|A| <= 1` on a consistent `b`.
 
-    Stops when `|b - A x| <= max(rtol |b|, atol)`, after `max_steps`, or on
-    breakdown (`p^T A p <= 0`, which happens once the residual is at rounding
-    level). Never divides by zero.
+    Stops when `|b - A x| <= max(rtol |b|, atol, BACKWARD_ERROR * eps * (|x| + |b|))`,
+    after `max_steps`, or on breakdown (`p^T A p <= 0`, which happens once the
+    residual is at rounding level). Never divides by zero. The third term is
+    a normwise backward error at rounding level (valid because every operator
+    here is a normalised Schur complement, `|A| <= 1`): `x` then solves a
+    system perturbed at rounding level, as a dense backward-stable solver's
+    answer does, and no iteration can do better. It only matters when the
+    system is ill-conditioned (`|x| >> |b|`), in float32 or near a
+    permutation coupling.
 
     **Returns:** `(x, stats)` with `num_steps`, `residual` (the true final
     `|b - A x| / |b|`, one extra product) and `converged` (true residual
@@ -42,10 +60,14 @@ def conjugate_gradient(
     b_norm = jnp.linalg.norm(b)
     tol = jnp.maximum(rtol * b_norm, atol)
     zero = jnp.zeros((), b.dtype)
+    eps = jnp.finfo(b.dtype).eps
+
+    def tolerance(x):
+        return jnp.maximum(tol, BACKWARD_ERROR * eps * (jnp.linalg.norm(x) + b_norm))
 
     def cond(state):
-        k, _, r, _, _, broken = state
-        return (k < max_steps) & (jnp.linalg.norm(r) > tol) & ~broken
+        k, x, r, _, _, broken = state
+        return (k < max_steps) & (jnp.linalg.norm(r) > tolerance(x)) & ~broken
 
     def body(state):
         k, x, r, p, gamma, _ = state
@@ -70,12 +92,18 @@ def conjugate_gradient(
         "residual": residual,
         # Slack of 2: the recurrence residual that stops the loop drifts from
         # the true one by rounding.
-        "converged": residual_norm <= 2 * tol,
+        "converged": residual_norm <= 2 * tolerance(x),
     }
     return x, stats
 
 
-class CG(AbstractLinearSolver):
+class CGState(eqx.Module):
+    """`CG`'s state: the operator (CG has no set-up)."""
+
+    operator: HOperator
+
+
+class CG(AbstractHSolver):
     """Conjugate gradients on the normalised Schur complement of the smaller side.
 
     Each step costs two streaming passes over the coupling (`Pt` and `Pt^T`).
@@ -88,7 +116,16 @@ class CG(AbstractLinearSolver):
       `rtol` times its right-hand side. `None`: 1e-10 in float64, 1e-5 in
       float32.
     - `atol`: absolute residual floor (default 0).
-    - `max_steps`: iteration cap; stats report `converged=False` when hit.
+    - `max_steps`: iteration cap; reaching it without converging is a
+      failure (`lineax.RESULTS.max_steps_reached`).
+
+    A residual at the rounding level of the right-hand side also counts as
+    converged (`NormalisedSchur.rounding_level`): the reduced right-hand side
+    can cancel to rounding noise (for example the symmetric tangents of a
+    divergence's self term), and no iteration can then go below it.
+
+    Stats: `num_steps`, `residual` (the true final residual relative to the
+    reduced right-hand side), `converged`.
     """
 
     rtol: float | None = None
@@ -98,12 +135,16 @@ class CG(AbstractLinearSolver):
     def __check_init__(self):
         check_cg_options(self.rtol, self.atol, self.max_steps)
 
-    def solve(self, operator: HOperator, r, s):
+    def init(self, operator, options):
+        return CGState(check_h_operator(operator))
+
+    def solve_split(self, state, r, s):
         r, s = project_range(r, s)
-        schur = NormalisedSchur.from_h(operator)
+        schur = NormalisedSchur.from_h(state.operator)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         z, stats = conjugate_gradient(
-            schur.mv, schur.reduce(r, s), rtol=rtol, atol=self.atol, max_steps=self.max_steps
+            schur.mv, schur.reduce(r, s), rtol=rtol,
+            atol=jnp.maximum(self.atol, schur.rounding_level(r, s)), max_steps=self.max_steps,
         )
         df, dg = schur.recover(z, r, s)
-        return df, dg, stats
+        return df, dg, cg_result(stats, self.max_steps), stats

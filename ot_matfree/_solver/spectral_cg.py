@@ -4,11 +4,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._operators import HOperator
-from ._base import default_rtol, project_range
+from ._base import cg_result, default_rtol, project_range
 from ._schur import NormalisedSchur
-from ._spectral_base import AbstractSpectralSolver
-from ._spectral_basis import Spectrum
+from ._spectral_solver import AbstractSpectralSolver, spectral_result
 from .cg import conjugate_gradient
 
 
@@ -39,21 +37,21 @@ class SpectralCG(AbstractSpectralSolver):
     """CG on the normalised Schur complement, preconditioned by deflating the
     top `rank` singular directions of `Pt` (after the exact `s_1 = 1`).
 
-    `M^-1 = I + V_k (diag(1 / (1 - s^2)) - I) V_k^T` (MATH.md): CG then sees
+    `M^-1 = I + V_k (diag(1 / (1 - s^2)) - I) V_k^T` (docs/math.md): CG then sees
     condition number about `1 / (1 - s_{k+2}^2)` instead of `1 / (1 - s_2^2)`.
     The solution is the same minimum-norm solution `CG` returns; only the
     iteration count changes. The spectrum costs `2 * num_blocks` thin
-    streaming passes: compute it once per coupling with `prepare` and reuse
-    the returned solver for every HVP with that coupling; without it, every
-    `solve` recomputes it.
+    streaming passes, spent in `init`: compute the state once per coupling,
+    `state = solver.init(h_operator(coupling), {})`, and pass it to every
+    solve with that coupling (`hvp(..., solver_state=state)`,
+    `lineax.linear_solve(..., state=state)`); without it, every solve
+    recomputes it.
 
     **Arguments:**
 
     - `rank`: number of directions deflated (`0` is plain `CG`).
     - `rtol`, `atol`, `max_steps`: as for `CG`.
     - `oversample`, `num_blocks`, `key`: block Krylov settings (`spectrum`).
-    - `spectrum`: a precomputed `Spectrum` (set by `prepare`); `None`:
-      computed inside every `solve`.
 
     Stats: `num_steps` (CG iterations), `residual`, `converged`,
     `num_deflated` (`rank`), `spectrum_residual` (largest Ritz residual of the
@@ -67,18 +65,18 @@ class SpectralCG(AbstractSpectralSolver):
     oversample: int = eqx.field(static=True, default=10)
     num_blocks: int = eqx.field(static=True, default=8)
     key: PRNGKeyArray | None = None
-    spectrum: Spectrum | None = None
 
-    def solve(self, operator: HOperator, r, s):
+    def solve_split(self, state, r, s):
         r, s = project_range(r, s)
-        schur = NormalisedSchur.from_h(operator)
-        spec = self.spectrum_for(operator)
+        schur = NormalisedSchur.from_h(state.operator)
+        spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         z, stats = conjugate_gradient(
-            schur.mv, schur.reduce(r, s), rtol=rtol, atol=self.atol, max_steps=self.max_steps,
+            schur.mv, schur.reduce(r, s), rtol=rtol,
+            atol=jnp.maximum(self.atol, schur.rounding_level(r, s)), max_steps=self.max_steps,
             preconditioner=deflation(schur, spec.v[:, 1:], spec.gaps[1:]),
         )
         df, dg = schur.recover(z, r, s)
         stats["num_deflated"] = jnp.asarray(spec.rank)
         stats["spectrum_residual"] = jnp.max(spec.residuals)
-        return df, dg, stats
+        return df, dg, spectral_result(cg_result(stats, self.max_steps), spec), stats

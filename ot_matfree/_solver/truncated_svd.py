@@ -32,11 +32,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .._operators import HOperator
-from ._base import default_rtol, fix_gauge, project_range
+from ._base import cg_result, default_rtol, fix_gauge, project_range
 from ._schur import NormalisedSchur
-from ._spectral_base import AbstractSpectralSolver
-from ._spectral_basis import Spectrum
+from ._spectral_solver import AbstractSpectralSolver, spectral_result
 from .cg import conjugate_gradient
 from .spectral_cg import deflation
 
@@ -49,7 +47,7 @@ class TruncatedSVD(AbstractSpectralSolver):
     `<= threshold * lambda_max(Hn) = 2 * threshold`, i.e. the singular
     directions of `Pt` with `1 - s_i <= 2 * threshold`, among the `rank + 1`
     leading ones, and solves the rest with deflation-preconditioned CG (see
-    the module docstring for why the cut-off is defined on `Hn`). Matches
+    `ot_matfree/_solver/truncated_svd.py` for why the cut-off is defined on `Hn`). Matches
     `DenseSolver(threshold, normalise=True)` when every direction below the
     cut-off is among the computed ones (`stats["truncation_complete"]`).
 
@@ -60,9 +58,8 @@ class TruncatedSVD(AbstractSpectralSolver):
     - `threshold`: relative cut-off `tau` (Li et al. use 1e-8 to 1e-10 in
       float64). Must be in `[0, 0.5)`.
     - `rtol`, `atol`, `max_steps`: as for `CG`.
-    - `oversample`, `num_blocks`, `key`: block Krylov settings (`spectrum`).
-    - `spectrum`: a precomputed `Spectrum` (set by `prepare`); `None`:
-      computed inside every `solve`.
+    - `oversample`, `num_blocks`, `key`: block Krylov settings (`spectrum`),
+      run once in `init` (reuse the state as for `SpectralCG`).
 
     Stats: `num_steps` (CG iterations), `residual`, `converged`,
     `num_truncated` (dropped directions, the null vector included, as in
@@ -79,16 +76,15 @@ class TruncatedSVD(AbstractSpectralSolver):
     oversample: int = eqx.field(static=True, default=10)
     num_blocks: int = eqx.field(static=True, default=8)
     key: PRNGKeyArray | None = None
-    spectrum: Spectrum | None = None
 
     def __check_init__(self):
         if not 0 <= self.threshold < 0.5:
             raise ValueError(f"`threshold` must be in [0, 0.5), got {self.threshold}.")
 
-    def solve(self, operator: HOperator, r, s):
+    def solve_split(self, state, r, s):
         r, s = project_range(r, s)
-        schur = NormalisedSchur.from_h(operator)
-        spec = self.spectrum_for(operator)
+        schur = NormalisedSchur.from_h(state.operator)
+        spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         root_p, root_q = jnp.sqrt(schur.p), jnp.sqrt(schur.q)
         big, small = (s, r) if schur.swapped else (r, s)
@@ -121,7 +117,8 @@ class TruncatedSVD(AbstractSpectralSolver):
 
         rhs = restrict(schur.project(rho_small - schur.pt_rmv(rho_big)))
         z, stats = conjugate_gradient(
-            mv, rhs, rtol=rtol, atol=self.atol, max_steps=self.max_steps,
+            mv, rhs, rtol=rtol, atol=jnp.maximum(self.atol, schur.rounding_level(r, s)),
+            max_steps=self.max_steps,
             preconditioner=preconditioner,
         )
         w_small = z + v @ coeff
@@ -134,4 +131,4 @@ class TruncatedSVD(AbstractSpectralSolver):
         stats["num_deflated"] = jnp.sum(keep)
         stats["truncation_complete"] = num_truncated <= spec.rank
         stats["spectrum_residual"] = jnp.max(spec.residuals)
-        return df, dg, stats
+        return df, dg, spectral_result(cg_result(stats, self.max_steps), spec), stats

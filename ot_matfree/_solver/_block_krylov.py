@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._coupling import Coupling
+from .._coupling import Coupling, upstream_status
 from .._operators import HOperator, h_operator
+from .._results import RESULTS
 from ._schur import NormalisedSchur
 
 
@@ -50,6 +51,8 @@ class Spectrum(eqx.Module):
       residuals (0 for the exact entry 0); an eigenvalue estimate is within
       this of a true `s^2`.
     - `swapped`: `True` when the smaller side is `x` (`n < m`).
+    - `result`: `RESULTS.successful`, `nonfinite_spectrum`, or (from
+      `spectrum`) `coupling_not_converged`.
 
     The normalised H-matrix `D^-1/2 H D^-1/2`, `D = diag(a_hat, b_hat)`, has
     eigenvalues `1 +- s_i` (and 1), so its largest is `1 + s_1 = 2` and its
@@ -61,6 +64,7 @@ class Spectrum(eqx.Module):
     v: Float[Array, "small k1"]
     u: Float[Array, "big k1"]
     residuals: Float[Array, " k1"]
+    result: RESULTS
     swapped: bool = eqx.field(static=True)
 
     @property
@@ -144,9 +148,8 @@ def compute_spectrum(
         )
     null = schur.null_vector[:, None]
     if k == 0:
-        one = jnp.ones((1,), dtype)
-        return Spectrum(one, jnp.zeros((1,), dtype), null, pt_mv(null), jnp.zeros((1,), dtype),
-                        schur.swapped)
+        one, zero = jnp.ones((1,), dtype), jnp.zeros((1,), dtype)
+        return Spectrum(one, zero, null, pt_mv(null), zero, RESULTS.successful, schur.swapped)
     # The Krylov basis lives in the (small - 1)-dimensional complement; when
     # it would fill it, take the whole complement (exact Rayleigh-Ritz).
     width = k + oversample
@@ -182,12 +185,16 @@ def compute_spectrum(
     av = av - null @ (null.T @ av)
     residuals = jnp.linalg.norm(av - v * theta, axis=0)
     zero = jnp.zeros((1,), dtype)
+    u = jnp.concatenate([pt_mv(null), u], axis=1)
+    v = jnp.concatenate([null, v], axis=1)
+    finite = jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(v)) & jnp.all(jnp.isfinite(s))
     return Spectrum(
         singular_values=jnp.concatenate([jnp.ones((1,), dtype), s]),
         gaps=jnp.concatenate([zero, gaps]),
-        v=jnp.concatenate([null, v], axis=1),
-        u=jnp.concatenate([pt_mv(null), u], axis=1),
+        v=v,
+        u=u,
         residuals=jnp.concatenate([zero, residuals]),
+        result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_spectrum),
         swapped=schur.swapped,
     )
 
@@ -200,15 +207,17 @@ def spectrum(
     oversample: int = 10,
     num_blocks: int = 4,
     key: PRNGKeyArray | None = None,
+    throw: bool = True,
 ) -> Spectrum:
     """The `k + 1` leading singular triplets of the normalised coupling, matrix-free.
 
     `Pt = diag(a_hat)^-1/2 P diag(b_hat)^-1/2`; `s_1 = 1` is known exactly and
-    deflated, block Krylov finds `s_2, ..., s_{k+1}` (module docstring).
+    deflated, block Krylov finds `s_2, ..., s_{k+1}` (the method and why it is
+    a block method: `ot_matfree/_solver/_block_krylov.py`).
     Costs `2 * num_blocks` streaming passes with thin matrices of
     `k + oversample` columns, plus two, and `O((n + m)(k + oversample)
-    num_blocks)` memory; compute it once per coupling and pass it to
-    `SpectralCG` / `TruncatedSVD` (their `prepare` method does this).
+    num_blocks)` memory. `SpectralCG` and `TruncatedSVD` compute it in their
+    `init`, once per coupling.
 
     **Arguments:**
 
@@ -222,6 +231,9 @@ def spectrum(
       the whole complement of the null vector is used and the result is
       exact (small problems).
     - `key`: PRNG key for the random start block (default `PRNGKey(0)`).
+    - `throw`: raise when the spectrum is not finite or when the coupling's
+      own Sinkhorn solve did not converge; with `throw=False` the status is
+      in `Spectrum.result`.
 
     **Returns:** a `Spectrum`: `singular_values`, `gaps = 1 - s^2`, vectors
     `v` (smaller side) and `u` (larger side), Ritz `residuals`, and the
@@ -234,4 +246,12 @@ def spectrum(
     if num_blocks < 1:
         raise ValueError(f"`num_blocks` must be >= 1, got {num_blocks}.")
     operator = coupling if isinstance(coupling, HOperator) else h_operator(coupling)
-    return compute_spectrum(operator, k, oversample=oversample, num_blocks=num_blocks, key=key)
+    spec = compute_spectrum(operator, k, oversample=oversample, num_blocks=num_blocks, key=key)
+    upstream = upstream_status(operator.coupling)
+    spec = eqx.tree_at(
+        lambda sp: sp.result, spec,
+        RESULTS.where(upstream == RESULTS.successful, spec.result, upstream),
+    )
+    if throw:
+        spec = spec.result.error_if(spec, spec.result != RESULTS.successful)
+    return spec

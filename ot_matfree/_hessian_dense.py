@@ -1,7 +1,9 @@
 """Dense analytic Hessian w.r.t. the points: the small-problem reference.
 
 O(n m d^2 + (n d)^2) memory and O((n + m)^3) time: for tests and for
-benchmarking the matrix-free HVPs against, not for large problems.
+benchmarking the matrix-free HVPs against, not for large problems. This is
+Li, Lu, Tao & Ye's Algorithm 1 (with their truncated-SVD regularisation when
+`DenseSolver(threshold)` is raised).
 """
 
 import equinox as eqx
@@ -11,8 +13,8 @@ from jaxtyping import Array, Float
 
 from ._costs import pairwise
 from ._coupling import Coupling
-from ._operators import coupling_operator
-from ._solver.dense import DenseSolver, pinv_apply
+from ._operators import h_operator
+from ._solver.dense import DenseSolver
 
 
 @eqx.filter_jit
@@ -30,19 +32,16 @@ def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Flo
         raise TypeError(f"`hessian_x` takes a DenseSolver, got {type(solver).__name__}.")
     x, y, eps = coupling.x, coupling.y, coupling.epsilon
     (n, d), m = x.shape, y.shape[0]
-    p = coupling_operator(coupling).as_matrix()
+    operator = h_operator(coupling)
+    p = operator.p.as_matrix()
     g1 = pairwise(jax.grad(coupling.cost, argnums=0), x, y)
     g11 = pairwise(jax.hessian(coupling.cost, argnums=0), x, y)
-    h = jnp.block([[jnp.diag(p.sum(1)), p], [p.T, jnp.diag(p.sum(0))]])
     pg = p[:, :, None] * g1
     top = jnp.einsum("ik,id->ikd", jnp.eye(n, dtype=x.dtype), pg.sum(1)).reshape(n, n * d)
     bottom = jnp.transpose(pg, (1, 0, 2)).reshape(m, n * d)
     e = jnp.concatenate([top, bottom])
-    # Columns of E are not all consistent (sum(r) = sum(s) holds), so the
-    # pseudo-inverse is the same as for the projected right-hand side.
-    scale = jnp.concatenate([p.sum(1), p.sum(0)]) if solver.normalise else None
-    sol, _ = pinv_apply(h, e, solver.threshold, scale)
-    hess = (e.T @ sol) / eps
+    # Every column of E is consistent (sum(r) = sum(s)), so no projection is needed.
+    sol = solver.init(operator, {}).pinv(e)
+    hess = ((e.T @ sol) / eps).reshape(n, d, n, d)
     block = jnp.einsum("ij,ijab->iab", p, g11 - jnp.einsum("ija,ijb->ijab", g1, g1) / eps)
-    hess = hess.reshape(n, d, n, d)
     return hess + jnp.einsum("ik,iab->iakb", jnp.eye(n, dtype=x.dtype), block)

@@ -1,0 +1,36 @@
+"""Status codes: `ot_matfree.RESULTS` extends lineax's `RESULTS`.
+
+Every iterative computation reports one of these (`Coupling.result`,
+`stats["result"]`, `Spectrum.result`). With `throw=True` (the default) a
+status other than `successful` raises, with the message below, eagerly and
+under `jit`; with `throw=False` it is returned for the caller to check.
+Lineax's own codes (`max_steps_reached`, `breakdown`, ...) are inherited, so
+the H-solvers' statuses pass through `lineax.linear_solve` unchanged.
+"""
+
+import lineax as lx
+
+
+class RESULTS(lx.RESULTS):  # pyright: ignore
+    """Status of a solve. `RESULTS[result]` is the message; `result == RESULTS.successful`."""
+
+    successful = ""
+    sinkhorn_max_iters_reached = (
+        "ot_matfree: Sinkhorn did not reach `solver.tol` within `solver.max_iters`. Raise "
+        "`max_iters`, loosen `tol`, increase `epsilon`, or pass `throw=False` and check "
+        "`coupling.converged` / `coupling.result` yourself."
+    )
+    coupling_not_converged = (
+        "ot_matfree: the coupling passed in did not converge (its Sinkhorn solve stopped at "
+        "`max_iters`), so its derivatives are not those of the OT problem. Solve it to "
+        "tolerance first, or pass `throw=False` to differentiate the coupling as it is."
+    )
+    linear_solve_failed = (
+        "ot_matfree: the H-matrix solve of a derivative did not reach its tolerance. Raise "
+        "`linear_solver.max_steps`, loosen its `rtol`, use `SpectralCG` / `TruncatedSVD` for "
+        "an ill-conditioned coupling (see `ot_matfree.spectrum`), increase `epsilon`, or pass "
+        "`throw=False` and check `stats['result']`."
+    )
+    nonfinite_spectrum = (
+        "ot_matfree: the block Lanczos spectrum of the coupling has non-finite values."
+    )
