@@ -12,13 +12,16 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._costs import pairwise
-from ._coupling import Coupling
+from ._coupling import Coupling, upstream_status
 from ._operators import h_operator
+from ._results import RESULTS
 from ._solver.dense import DenseSolver
 
 
 @eqx.filter_jit
-def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Float[Array, "n d n d"]:
+def hessian_x(
+    coupling: Coupling, *, solver: DenseSolver = DenseSolver(), throw: bool = True
+) -> Float[Array, "n d n d"]:
     """The dense Hessian of `reg_ot_cost` w.r.t. `x`, shape (n, d, n, d).
 
     `Hess = E^T H^+ E / eps + blockdiag_i sum_j P_ij (grad_11 c_ij -
@@ -27,6 +30,10 @@ def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Flo
     dense H-matrix with `solver.threshold` as relative eigenvalue cut-off
     (Li, Lu, Tao & Ye's truncated-SVD regularisation when the threshold is
     raised). Memory O(n m d^2 + (n d)^2): small problems only.
+
+    With `throw=True` a coupling whose own solve did not converge raises
+    (`RESULTS.coupling_not_converged`), as for `hvp`; `throw=False` computes
+    the Hessian of the coupling as it is.
     """
     if not isinstance(solver, DenseSolver):
         raise TypeError(f"`hessian_x` takes a DenseSolver, got {type(solver).__name__}.")
@@ -44,4 +51,8 @@ def hessian_x(coupling: Coupling, *, solver: DenseSolver = DenseSolver()) -> Flo
     sol = solver.init(operator, {}).pinv(e)
     hess = ((e.T @ sol) / eps).reshape(n, d, n, d)
     block = jnp.einsum("ij,ijab->iab", p, g11 - jnp.einsum("ija,ijb->ijab", g1, g1) / eps)
-    return hess + jnp.einsum("ik,iab->iakb", jnp.eye(n, dtype=x.dtype), block)
+    hess = hess + jnp.einsum("ik,iab->iakb", jnp.eye(n, dtype=x.dtype), block)
+    if throw:
+        result = upstream_status(coupling)
+        hess = result.error_if(hess, result != RESULTS.successful)
+    return hess

@@ -122,7 +122,8 @@ def hvp(
       spectral solvers' block Lanczos, `DenseSolver`'s eigendecomposition).
       `None`: set up inside this call.
     - `return_stats`: also return the solver's stats dict (`num_steps`,
-      `residual`, `converged`, `result`, ...).
+      `residual`, `converged`, `result`, ...). `converged` describes the
+      H-solve alone; `result` also covers the coupling's own status.
     - `throw`: raise (also under `jit`) when the H-solve does not converge or
       the coupling's own Sinkhorn solve did not. With `throw=False` the
       status is `stats["result"]` (an `ot_matfree.RESULTS`).

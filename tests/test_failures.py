@@ -106,6 +106,14 @@ def test_hvp_raises_on_a_non_converged_coupling(data, wrap):
     assert stats["result"] == om.RESULTS.coupling_not_converged
 
 
+def test_dense_hessian_raises_on_a_non_converged_coupling(data):
+    x, y, a, b = data
+    coupling = om.solve(x, y, a, b, epsilon=EPS, solver=SHORT, throw=False)
+    with raises("coupling passed in did not converge"):
+        om.hessian_x(coupling)
+    assert bool(jnp.all(jnp.isfinite(om.hessian_x(coupling, throw=False))))
+
+
 def test_spectrum_status(data):
     x, y, a, b = data
     coupling = om.solve(x, y, a, b, epsilon=EPS, solver=SHORT, throw=False)

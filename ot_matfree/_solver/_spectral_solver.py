@@ -11,6 +11,11 @@ from ._base import AbstractHSolver, check_cg_options, check_h_operator
 from ._block_krylov import Spectrum, compute_spectrum
 
 
+# Compiled even when `init` is called eagerly: the block Lanczos is many small
+# operations, 20x slower op by op (0.68 s against 0.03 s at n = 400, rank 20).
+_jit_spectrum = eqx.filter_jit(compute_spectrum)
+
+
 class SpectralState(eqx.Module):
     """A spectral solver's state: the operator and the top singular triplets of its `Pt`."""
 
@@ -46,7 +51,7 @@ class AbstractSpectralSolver(AbstractHSolver):
         check_cg_options(self.rtol, self.atol, self.max_steps)
 
     def init(self, operator, options) -> SpectralState:
-        spec = compute_spectrum(
+        spec = _jit_spectrum(
             check_h_operator(operator), self.rank, oversample=self.oversample,
             num_blocks=self.num_blocks, key=self.key,
         )
