@@ -155,10 +155,12 @@ def _row_axis(name: str, z) -> tuple[Mesh | AbstractMesh, str] | None:
     if sharding is None:
         return None
     rows = _row_axis_of(sharding, z.ndim)
-    if any(entry is not None for entry in tuple(sharding.spec)[1:]):
+    features = [entry for entry in tuple(sharding.spec)[1:] if entry is not None]
+    if features:
+        axis = rows if rows is not None else features[0]
         raise ValueError(
             f"`{name}` is sharded along its feature dimension (spec {sharding.spec}); only "
-            f"the rows (points) may be split: use NamedSharding(mesh, P({rows!r}))."
+            f"the rows (points) may be split: place it with NamedSharding(mesh, P({axis!r}))."
         )
     if isinstance(rows, tuple):
         raise ValueError(
