@@ -188,7 +188,12 @@ def row_sharding(**clouds) -> RowSharding | None:
         return None
     (first, (mesh, axis)), *others = found.items()
     for name, (other_mesh, other_axis) in others:
-        if other_mesh.abstract_mesh != mesh.abstract_mesh or other_axis != axis:
+        # A tracer's mesh is abstract: compare what both know.
+        both_concrete = isinstance(mesh, Mesh) and isinstance(other_mesh, Mesh)
+        same = other_mesh == mesh if both_concrete else (
+            other_mesh.abstract_mesh == mesh.abstract_mesh
+        )
+        if not same or other_axis != axis:
             raise ValueError(
                 f"`{first}` and `{name}` must have their rows sharded over the same mesh "
                 f"axis, got axis {axis!r} of {mesh} and axis {other_axis!r} of {other_mesh}."
