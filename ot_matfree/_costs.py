@@ -39,14 +39,25 @@ def pairwise(fn: Callable, x: Array, y: Array) -> Array:
 class SqEuclidean(AbstractCost):
     """`c(x, y) = |x - y|^2` (ott-jax's `SqEuclidean`, no factor 1/2).
 
-    Blocks are evaluated as `|x|^2 + |y|^2 - 2 x y^T`, the form ott-jax uses,
-    so that costs agree number for number.
+    Blocks are evaluated as `|x|^2 + |y|^2 - 2 x y^T` (matrix products, the
+    form ott-jax uses) after both clouds are shifted by the mean of `y`
+    (`centre`): the cost is translation invariant, and without the shift the
+    form loses every digit when the clouds sit far from the origin (float32,
+    both clouds at 1e3 from it: gradients 8% off, 1e4: 95%).
     """
 
     def __call__(self, x, y):
-        return jnp.sum(x**2) + jnp.sum(y**2) - 2.0 * jnp.vdot(x, y)
+        return jnp.sum((x - y) ** 2)
+
+    @staticmethod
+    def centre(x: Float[Array, "k d"], y: Float[Array, "m d"]):
+        """`(x - c, y - c)` with `c` the mean of `y`: a common shift, so every
+        cost, gradient and Hessian term is unchanged in exact arithmetic."""
+        c = jnp.mean(y, axis=0)
+        return x - c, y - c
 
     def matrix(self, x, y):
+        x, y = self.centre(x, y)
         sq_x = jnp.sum(x**2, axis=-1)
         sq_y = jnp.sum(y**2, axis=-1)
         return sq_x[:, None] + sq_y[None, :] - 2.0 * (x @ y.T)

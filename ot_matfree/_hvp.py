@@ -8,6 +8,7 @@ solver state is given), and a streaming pass for the output.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
@@ -22,24 +23,46 @@ from ._solver._base import AbstractHSolver
 from ._solver.cg import CG
 
 
+def finite_status(tree) -> RESULTS:
+    """`successful` when every array of `tree` is finite, else `nonfinite_derivative`."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in jax.tree_util.tree_leaves(tree)]))
+    return RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_derivative)
+
+
+def check_finite(tree, coupling: Coupling, throw: bool):
+    """With `throw`, raise (naming the cost) when a derivative is not finite."""
+    if not throw:
+        return tree
+    return error_if(
+        tree, finite_status(tree) != RESULTS.successful,
+        f"{RESULTS[RESULTS.nonfinite_derivative]} The cost is {coupling.cost!r}; pass "
+        "`throw=False` to get the values as they are.",
+    )
+
+
 @eqx.filter_jit
 @auto_partitioned
-def grad(coupling: Coupling) -> tuple[Array, Array, Array, Array]:
+def grad(coupling: Coupling, *, throw: bool = True) -> tuple[Array, Array, Array, Array]:
     """Gradients of `reg_ot_cost` w.r.t. `(x, y, a, b)` (Danskin), one pass.
 
     `grad_x_i = sum_j P_ij grad_1 c(x_i, y_j)`, `grad_y_j = sum_i P_ij grad_2 c`,
     `grad_a = f - eps log a`, `grad_b = g - eps log b` (ott-jax's convention;
-    on the simplex only the part orthogonal to 1 is meaningful).
+    on the simplex only the part orthogonal to 1 is meaningful). With
+    `throw=True` a non-finite gradient (a cost that is not differentiable
+    where the coupling has mass) raises `RESULTS.nonfinite_derivative`.
     """
-    gx, gy = gradients(coupling)
+    gx, gy = check_finite(gradients(coupling), coupling, throw)
     eps = coupling.epsilon
     return gx, gy, coupling.f - eps * jnp.log(coupling.a), coupling.g - eps * jnp.log(coupling.b)
 
 
 @eqx.filter_jit
-def grad_x(coupling: Coupling) -> Float[Array, "n d"]:
-    """Gradient of `reg_ot_cost` w.r.t. the source points `x`, shape (n, d)."""
-    return grad(coupling)[0]
+def grad_x(coupling: Coupling, *, throw: bool = True) -> Float[Array, "n d"]:
+    """Gradient of `reg_ot_cost` w.r.t. the source points `x`, shape (n, d).
+
+    `throw` as for `grad`.
+    """
+    return grad(coupling, throw=throw)[0]
 
 
 def check_linear_solver(linear_solver) -> None:
@@ -127,8 +150,9 @@ def hvp(
     - `return_stats`: also return the solver's stats dict (`num_steps`,
       `residual`, `converged`, `result`, ...). `converged` describes the
       H-solve alone; `result` also covers the coupling's own status.
-    - `throw`: raise (also under `jit`) when the H-solve does not converge or
-      the coupling's own Sinkhorn solve did not. With `throw=False` the
+    - `throw`: raise (also under `jit`) when the H-solve does not converge,
+      the coupling's own Sinkhorn solve did not, or a derivative of the cost
+      is not finite where the coupling has mass. With `throw=False` the
       status is `stats["result"]` (an `ot_matfree.RESULTS`).
 
     **Returns:** the four output tangents, and the stats dict if
@@ -144,7 +168,9 @@ def hvp(
     da = None if da is None else check_tangent("da", da, (n,), dtype)
     db = None if db is None else check_tangent("db", db, (m,), dtype)
     eps = coupling.epsilon
-    r, s = tangent_marginals(coupling, dx, dy)
+    # The cost's first derivatives enter here: check them before the H-solve,
+    # whose own failure would otherwise be reported first.
+    r, s = check_finite(tangent_marginals(coupling, dx, dy), coupling, throw)
     if da is not None:
         r = r + eps * da
     if db is not None:
@@ -152,7 +178,10 @@ def hvp(
     df, dg, stats = solve_h(
         coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw
     )
-    out_x, out_y = tangent_gradients(coupling, dx, dy, df, dg)
+    out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
+    # A non-finite cost derivative is the root cause of any failure it leads to.
+    finite = finite_status((r, s, out_x, out_y))
+    stats["result"] = RESULTS.where(finite == RESULTS.successful, stats["result"], finite)
     out_a = df if da is None else df - eps * da / coupling.a
     out_b = dg if db is None else dg - eps * db / coupling.b
     out = (out_x, out_y, out_a, out_b)

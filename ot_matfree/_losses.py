@@ -30,7 +30,7 @@ from ._checks import check_block_size, check_problem
 from ._config import Config
 from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._coupling import Coupling
-from ._hvp import check_linear_solver, grad, hvp
+from ._hvp import check_finite, check_linear_solver, grad, hvp
 from ._implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._sharding import auto_partitioned, row_sharding
 from ._sharp_reductions import cost_marginals, sharp_gradients
@@ -83,13 +83,13 @@ def _transport_value_and_grad(solve, expand, fold):
     @eqx.filter_custom_jvp
     def value_and_grad(*args, config: Config):
         coupling = solve(*args, config)
-        return coupling.reg_ot_cost, fold(grad(coupling))
+        return coupling.reg_ot_cost, fold(grad(coupling, throw=config.throw))
 
     @value_and_grad.def_jvp
     def _value_and_grad_jvp(primals, tangents, *, config: Config):
         check_no_epsilon_tangent(tangents[-1])
         coupling = solve(*primals, config)
-        grads = fold(grad(coupling))
+        grads = fold(grad(coupling, throw=config.throw))
         d_grads = hvp(
             coupling, *expand(tangents[:-1]), linear_solver=config.linear_solver,
             throw=config.throw,
@@ -136,7 +136,7 @@ def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
     coupling = _sharp_coupling(x, y, a, b, epsilon, config)
     pc_rows, pc_cols = cost_marginals(coupling)
     u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
-    gx, gy = sharp_gradients(coupling, u, v)
+    gx, gy = check_finite(sharp_gradients(coupling, u, v), coupling, config.throw)
     return jnp.sum(pc_rows), (gx, gy, u, v)
 
 

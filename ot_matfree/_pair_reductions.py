@@ -45,6 +45,7 @@ def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
 def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
     """`dC` on a block; `dxb` or `dy` may be `None` (zero), not both."""
     if isinstance(cost, SqEuclidean):
+        xb, y = SqEuclidean.centre(xb, y)
         dc = 0.0
         if dxb is not None:
             dc = dc + (jnp.sum(xb * dxb, axis=1)[:, None] - dxb @ y.T)
@@ -60,6 +61,7 @@ def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
     """Row and column contractions of `w` with the cost gradients, plus those
     of `p` with the second-order terms when `p` is given."""
     if isinstance(cost, SqEuclidean):
+        xb, y = SqEuclidean.centre(xb, y)
         out_x = 2 * (jnp.sum(w, axis=1)[:, None] * xb - w @ y)
         out_y = 2 * (jnp.sum(w, axis=0)[:, None] * y - w.T @ xb)
         if p is not None and dxb is not None:

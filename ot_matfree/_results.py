@@ -31,6 +31,11 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
         "an ill-conditioned coupling (see `ot_matfree.spectrum`), increase `epsilon`, or pass "
         "`throw=False` and check `stats['result']`."
     )
+    nonfinite_derivative = (
+        "ot_matfree: a derivative is not finite although the inputs are: the cost must be "
+        "twice differentiable wherever the coupling has mass (e.g. `|x - y|` is not, at "
+        "coincident points; use `|x - y|^2` or a smoothed norm)."
+    )
     nonfinite_spectrum = (
         "ot_matfree: the block Lanczos spectrum of the coupling has non-finite values."
     )

@@ -39,6 +39,7 @@ def conjugate_gradient(
     atol: float | Array,
     max_steps: int,
     preconditioner: Callable[[Array], Array] | None = None,
+    x0: Float[Array, " k"] | None = None,
 ) -> tuple[Float[Array, " k"], dict[str, Array]]:
     """(Preconditioned) CG for a symmetric PSD `mv` with `|A| <= 1` on a consistent `b`.
 
@@ -82,8 +83,10 @@ def conjugate_gradient(
         beta = jnp.where(gamma > 0, gamma_next / jnp.where(gamma > 0, gamma, 1), zero)
         return k + 1, x, r, z + beta * p, gamma_next, ~ok
 
-    z0 = precond(b)
-    init = (jnp.asarray(0), jnp.zeros_like(b), b, z0, jnp.vdot(b, z0), jnp.asarray(False))
+    r0 = b if x0 is None else b - mv(x0)
+    x0 = jnp.zeros_like(b) if x0 is None else x0
+    z0 = precond(r0)
+    init = (jnp.asarray(0), x0, r0, z0, jnp.vdot(r0, z0), jnp.asarray(False))
     num_steps, x, _, _, _, _ = jax.lax.while_loop(cond, body, init)
     residual_norm = jnp.linalg.norm(b - mv(x))
     residual = residual_norm / jnp.where(b_norm > 0, b_norm, 1)

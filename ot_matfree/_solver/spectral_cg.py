@@ -1,6 +1,7 @@
 """CG preconditioned by deflating the leading singular directions of `Pt`."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -53,8 +54,13 @@ class SpectralCG(AbstractSpectralSolver):
     - `rtol`, `atol`, `max_steps`: as for `CG`.
     - `oversample`, `num_blocks`, `key`: block Krylov settings (`spectrum`).
 
-    Stats: `num_steps` (CG iterations), `residual`, `converged`,
-    `num_deflated` (`rank`), `spectrum_residual` (largest Ritz residual of the
+    If the deflated iteration breaks down before converging (gaps at rounding
+    level, a nearly permutation coupling), plain CG continues from its
+    iterate (`stats["restarted"]`); for such couplings `TruncatedSVD` is
+    usually the better choice.
+
+    Stats: `num_steps` (CG iterations, both phases), `residual`, `converged`,
+    `restarted`, `num_deflated` (`rank`), `spectrum_residual` (largest Ritz residual of the
     deflated directions).
     """
 
@@ -71,11 +77,26 @@ class SpectralCG(AbstractSpectralSolver):
         schur = NormalisedSchur.from_h(state.operator)
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
+        b = schur.reduce(r, s)
+        atol = jnp.maximum(self.atol, schur.rounding_level(r, s))
         z, stats = conjugate_gradient(
-            schur.mv, schur.reduce(r, s), rtol=rtol,
-            atol=jnp.maximum(self.atol, schur.rounding_level(r, s)), max_steps=self.max_steps,
+            schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps,
             preconditioner=deflation(schur, spec.v[:, 1:], spec.gaps[1:]),
         )
+
+        def restart(z):
+            # Breakdown of the deflated iteration (gaps at rounding level, the
+            # coupling nearly a permutation): finish with plain CG from where
+            # it stopped, so SpectralCG is never less robust than CG.
+            z, more = conjugate_gradient(
+                schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps - stats["num_steps"],
+                x0=z,
+            )
+            return z, {**more, "num_steps": stats["num_steps"] + more["num_steps"]}
+
+        done = stats["converged"] | (stats["num_steps"] >= self.max_steps)
+        z, stats = jax.lax.cond(done, lambda z: (z, stats), restart, z)
+        stats["restarted"] = ~done
         df, dg = schur.recover(z, r, s)
         stats["num_deflated"] = jnp.asarray(spec.rank)
         stats["spectrum_residual"] = jnp.max(spec.residuals)
