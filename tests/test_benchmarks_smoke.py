@@ -33,3 +33,13 @@ def test_smoke(script, tmp_path):
     assert "ot_matfree CG" in text
     if script == "accuracy.py":
         assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_float32_stress_smoke(tmp_path):
+    # The script exits non-zero if a converged float32 output is non-finite or
+    # off its float64 reference by more than the stated bound.
+    out = tmp_path / "result.md"
+    _run("float32_stress.py", out)
+    assert "| setting | n |" in out.read_text()
+    rows = out.with_suffix(".csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header and the four smoke cases
