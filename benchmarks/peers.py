@@ -87,9 +87,31 @@ def _block(out):
     return jax.block_until_ready(out)
 
 
-def run_interleaved(cases, repeats, log):
-    """Warm up every case, then `repeats` rounds over all cases; then memory."""
+DEADLINE = None  # wall-clock time (time.time()) after which no new call starts
+
+
+def _late(c):
+    """True (and the case marked) if the time budget (`--deadline`) is spent."""
+    if DEADLINE is not None and time.time() > DEADLINE:
+        if not c.times and not c.error:
+            c.error = "not run: time budget of this run (--deadline) spent"
+        return True
+    return False
+
+
+def run_interleaved(cases, repeats, log, *, compiled=False):
+    """Warm up every case, then `repeats` rounds over all cases. Memory is
+    sampled during the warm-up of cases with nothing to compile, else during
+    the last timed round.
+
+    `compiled=True`: every JAX case was compiled by an earlier call (same
+    shapes), so no case needs a separate warm-up call."""
+    if compiled:
+        for c in cases:
+            c.jax_compiled = False
     for c in cases:
+        if _late(c):
+            continue
         try:
             t0 = time.perf_counter()
             if c.jax_compiled:
@@ -105,18 +127,19 @@ def run_interleaved(cases, repeats, log):
             log(f"  FAILED {c.name}: {c.error}")
     for r in range(repeats):
         for c in cases:
-            if c.error or len(c.times) >= repeats:
+            if c.error or len(c.times) >= repeats or _late(c):
                 continue
-            t0 = time.perf_counter()
-            c.out = _block(c.fn())
-            c.times.append(time.perf_counter() - t0)
+            with PeakRSS() as p:
+                t0 = time.perf_counter()
+                c.out = _block(c.fn())
+                c.times.append(time.perf_counter() - t0)
+            if c.mem_mb is None or r == repeats - 1:
+                c.mem_mb = p.delta_mb if c.mem_mb is None else max(c.mem_mb, p.delta_mb)
         log(f"  round {r + 1}/{repeats} done")
-    for c in cases:
-        if c.error or not c.jax_compiled:
-            continue
-        with PeakRSS() as p:
-            _block(c.fn())
-        c.mem_mb = p.delta_mb
+
+
+def _err(c):
+    return c.error if c.error.startswith("not run") else f"failed: {c.error}"
 
 
 def median(c):
@@ -208,7 +231,11 @@ def table1(args, out, log):
     rows = []
     records = []
     for n in args.sizes1:
-        for dtype in ("float64",) if args.quick else ("float64", "float32"):
+        for dtype in ("float64",) if args.quick else args.dtypes1:
+            if DEADLINE is not None and time.time() > DEADLINE:
+                rows.append(["-", "not run: time budget of this run (--deadline) spent", n, dtype]
+                            + [None] * 6)
+                continue
             log(f"[table 1] n = {n}, {dtype}")
             x64, y64 = problem(1, n, 3)
             x, y = x64.astype(dtype), y64.astype(dtype)
@@ -250,7 +277,7 @@ def table1(args, out, log):
                                 + [None] * 6)
                     continue
                 scalings = [s for s in args.geomloss_scalings
-                            if s < 0.98 or n <= args.geomloss_fine_max_n]
+                            if s < 0.98 or (n <= args.geomloss_fine_max_n and dtype == "float64")]
                 for s in scalings:
                     cases.append(Case(
                         f"GeomLoss {why.split(',')[0]} {backend}, scaling {s}",
@@ -269,15 +296,20 @@ def table1(args, out, log):
                     base[c.group] = median(c)
             for c in cases:
                 if c.error:
-                    rows.append([c.group, c.name, n, dtype, f"failed: {c.error}"] + [None] * 5)
+                    rows.append([c.group, c.name, n, dtype, _err(c)] + [None] * 5)
                     continue
                 val, grad = c.out
                 rv, rg = ref[c.group]
                 tmed = median(c)
-                row = [c.group, c.name, n, dtype, tmed, tmed / base[c.group], c.mem_mb,
+                row = [c.group, c.name, n, dtype, tmed, tmed / base.get(c.group, math.nan), c.mem_mb,
                        rel(val, rv), rel(grad, rg), c.meta.get("rule", "")]
                 rows.append(row)
                 records.append(dict(zip(HEADER1, row)))
+            _write1(args, out, rows)  # after every configuration: partial results survive
+    return _write1(args, out, rows), records
+
+
+def _write1(args, out, rows):
     notes = [
         device_line(),
         f"x, y independent uniform in [0,1]^3, n = m, uniform weights, epsilon = {EPS} (absolute), "
@@ -285,14 +317,16 @@ def table1(args, out, log):
         "gradient doubled). Tolerance 1e-6 (float64) / 1e-5 (float32) in each library's own "
         "stopping rule, converted where needed so that L1 marginal error <= tol.",
         f"Time: value + gradient w.r.t. x, solve included, compile excluded, median of "
-        f"{args.repeats} interleaved rounds. ratio: time / ot_matfree's time for the same loss "
-        "(> 1: slower than ours). Memory: peak RSS above the pre-call RSS (sampled every 2 ms). "
+        f"{args.repeats} interleaved rounds (fewer where the run's time budget ran out). "
+        "ratio: time / ot_matfree's time for the same loss "
+        "(> 1: slower than ours). Memory: peak RSS above the pre-call RSS (sampled every 2 ms, "
+        "in the warm-up call of peers with nothing to compile, else in the last timed round). "
         "Peers with nothing to compile (POT, GeomLoss tensorized) count their warm-up call as "
         "a timed run; the others are timed after a compiling call.",
         "Errors: relative to ot_matfree in float64 at tol 1e-10 (value; gradient, 2-norm).",
     ]
     return write_table(out / f"peers_grad_{args.tag}", "Table 1: value + gradient", notes, HEADER1,
-                       rows), records
+                       rows)
 
 
 HEADER1 = ["loss", "method", "n", "dtype", "time (s)", "ratio to ours", "peak RSS (MB)",
@@ -393,7 +427,7 @@ def table2(args, out, log):
         t_hvp = median(by["hvp"])
         for c in cases:
             if c.error:
-                rows.append([c.name, n, f"failed: {c.error}"] + [None] * 5)
+                rows.append([c.name, n, _err(c)] + [None] * 5)
                 continue
             t = median(c)
             if c.group == "solve":
@@ -516,20 +550,28 @@ def table3(args, out, log):
         if ok_regot:
             for name in regot_solvers.METHODS:
                 if name.startswith("regot Newton") and n > args.regot_newton_max_n:
+                    rows.append([f"{name}: skipped at n = {n} (an (n + m - 1)^2 dense Cholesky "
+                                 f"per step; runs up to --regot-newton-max-n "
+                                 f"{args.regot_newton_max_n})", eps] + [None] * 6)
                     continue
                 if args.quick and ("SSNS" in name or "SPLR" in name):
+                    continue
+                if any(k in name for k in args.regot_skip):
+                    rows.append([f"{name}: skipped (--regot-skip; {args.regot_skip_reason})", eps]
+                                + [None] * 6)
                     continue
                 cases.append(Case(f"{name} ({why_regot})",
                                   regot_solvers.forward_solver(name, x, y, eps, tol,
                                                                args.regot_max_iter[name]),
                                   jax_compiled=False, meta={"kind": "regot"}))
-        repeats = args.repeats if eps == args.eps3[0] else args.repeats_small_eps
-        run_interleaved(cases, repeats, log)
+        first = eps == args.eps3[0]
+        repeats = args.repeats if first else args.repeats_small_eps
+        run_interleaved(cases, repeats, log, compiled=not first)
         base = next((median(c) for c in cases if c.name.startswith("ot_matfree") and not c.error),
                     float("nan"))
         for c in cases:
             if c.error:
-                rows.append([c.name, eps, f"failed: {c.error}", None, None, None, None, None])
+                rows.append([c.name, eps, _err(c), None, None, None, None, None])
                 continue
             kind = c.meta["kind"]
             if kind == "ours":
@@ -567,7 +609,8 @@ def _write3(args, out, rows):
         "(or plan), dense float64.",
         f"Time: median of the timed runs (column 'runs'; {args.repeats} at the first epsilon, "
         f"{args.repeats_small_eps} at the others to fit the time budget), interleaved, compile "
-        "excluded (the first epsilon's warm-up compiles for all). Memory: peak RSS above "
+        "excluded (the first epsilon's warm-up compiles for all; at the other epsilons the "
+        "timed call is also the memory call). Memory: peak RSS above "
         "the pre-call RSS. regot and POT build the dense cost matrix outside the timed call; "
         "they have nothing to compile, so their warm-up call is one of the timed runs.",
     ]
@@ -584,6 +627,13 @@ HEADER3 = ["method", "epsilon", "time (s)", "ratio to ours", "iterations", "L1 m
 # --------------------------------------------------------------------------- figure
 
 
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def figure(out, tag, rec1, rec2, rec3):
     import matplotlib
 
@@ -593,9 +643,9 @@ def figure(out, tag, rec1, rec2, rec3):
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     ax = axes[0]
     for r in rec1:
-        if not isinstance(r.get("time (s)"), float) or r["dtype"] != "float64":
+        if not math.isfinite(_num(r.get("time (s)"))) or r["dtype"] != "float64":
             continue
-        ax.scatter(r["time (s)"], max(r["grad rel. err"], 1e-16),
+        ax.scatter(_num(r["time (s)"]), max(_num(r["grad rel. err"]), 1e-16),
                    marker="o" if r["loss"] == "ot" else "s",
                    color="C3" if r["method"].startswith("ot_matfree") else None,
                    label=f"{r['method'][:46]} (n={r['n']})")
@@ -604,8 +654,8 @@ def figure(out, tag, rec1, rec2, rec3):
     ax.legend(fontsize=5.5)
     ax = axes[1]
     for r in rec2:
-        if isinstance(r.get("time (s)"), float) and r.get("peak RSS (MB)") is not None:
-            ax.scatter(r["n"], max(r["peak RSS (MB)"], 1),
+        if math.isfinite(_num(r.get("time (s)"))) and math.isfinite(_num(r.get("peak RSS (MB)"))):
+            ax.scatter(_num(r["n"]), max(_num(r["peak RSS (MB)"]), 1),
                        color="C3" if r["method"].startswith("ot_matfree") else None,
                        label=f"{r['method'][:50]}")
     ax.set(xscale="log", yscale="log", xlabel="n = m", ylabel="peak RSS increment (MB)",
@@ -614,11 +664,12 @@ def figure(out, tag, rec1, rec2, rec3):
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=5.5)
     ax = axes[2]
+    rec3 = [r for r in rec3 if math.isfinite(_num(r.get("time (s)")))]
     names = sorted({r["method"] for r in rec3})
     eps_vals = sorted({r["epsilon"] for r in rec3}, reverse=True)
     width = 0.8 / max(len(eps_vals), 1)
     for k, eps in enumerate(eps_vals):
-        ts = [next((r["time (s)"] for r in rec3 if r["method"] == m and r["epsilon"] == eps),
+        ts = [next((_num(r["time (s)"]) for r in rec3 if r["method"] == m and r["epsilon"] == eps),
                    np.nan) for m in names]
         ax.barh(np.arange(len(names)) + k * width, ts, height=width, label=f"epsilon = {eps}")
     ax.set_yticks(np.arange(len(names)) + width / 2, [m[:40] for m in names], fontsize=6)
@@ -644,6 +695,7 @@ def main(argv=None):
                         help="folder for the results (a file path: its folder)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes1", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--dtypes1", nargs="+", default=["float64", "float32"])
     parser.add_argument("--geomloss-scalings", type=float, nargs="+", default=[0.9, 0.99])
     parser.add_argument("--geomloss-fine-max-n", type=int, default=1000,
                         help="largest n for GeomLoss scalings >= 0.98 (slow)")
@@ -657,8 +709,17 @@ def main(argv=None):
     parser.add_argument("--eps3", type=float, nargs="+", default=[0.01, 0.002])
     parser.add_argument("--repeats-small-eps", type=int, default=1)
     parser.add_argument("--max-iters3", type=int, default=20_000)
-    parser.add_argument("--regot-newton-max-n", type=int, default=3000)
+    parser.add_argument("--regot-newton-max-n", type=int, default=2000,
+                        help="largest n for regot's dense Newton (an (n+m)^2 Cholesky per step)")
+    parser.add_argument("--regot-skip", nargs="*", default=[],
+                        help="regot solvers to leave out (substrings of their names)")
+    parser.add_argument("--regot-skip-reason", default="left out of this run")
     parser.add_argument("--tag", default=None, help="device tag in file names (default: cpu<cores>)")
+    parser.add_argument("--deadline", default=None,
+                        help="HH:MM (UTC): start no new measured call after this time; cases "
+                             "left are reported as not run")
+    parser.add_argument("--figure-only", action="store_true",
+                        help="redraw the figure from the CSV files in --out")
     parser.add_argument("--ott-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ott_child:
@@ -672,8 +733,16 @@ def main(argv=None):
         args.dense_max_n, args.ott_probe, args.big = 30, [], []
         args.eps3 = [0.05]
     args.regot_max_iter = {name: (200 if "Newton" in name or "SSNS" in name or "SPLR" in name
-                                  else 20_000) for name in regot_solvers.METHODS}
+                                  else 5_000) for name in regot_solvers.METHODS}
     args.tag = args.tag or device_tag()
+    if args.deadline:
+        global DEADLINE
+        import datetime as dt
+
+        hh, mm = (int(t) for t in args.deadline.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        when = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        DEADLINE = when.timestamp()
     out = pathlib.Path(args.out)
     if out.suffix:  # a file was named (the smoke-test convention): use its folder
         out = out.parent
@@ -685,6 +754,8 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - start:7.1f} s] {msg}", flush=True)
 
+    if args.figure_only:
+        args.tables = []
     texts, rec1, rec2, rec3 = [], [], [], []
     jobs = {1: table1, 2: table2, 3: table3}
     for k in args.tables:
