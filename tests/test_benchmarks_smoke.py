@@ -43,3 +43,52 @@ def test_float32_stress_smoke(tmp_path):
     assert "| setting | n |" in out.read_text()
     rows = out.with_suffix(".csv").read_text().splitlines()
     assert len(rows) == 1 + 4  # header and the four smoke cases
+
+
+# --------------------------------------------------------------------------- peers.py
+
+# Each peer of benchmarks/peers.py: (import name, how its rows are labelled).
+_PEERS = {
+    "ott": "ott-jax",
+    "ot": "POT",
+    "regot": "regot",
+}
+
+
+@pytest.fixture(scope="module")
+def peers_quick(tmp_path_factory):
+    """`peers.py --quick --tables 3` once: ours and every installed peer's
+    forward solver at n = 40 (tables 1 and 2 compile too much for a smoke test
+    on a shared 2-core machine; they run with `--quick --tables 1 2`)."""
+    out = tmp_path_factory.mktemp("peers")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "peers.py"), "--quick", "--tables", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"peers.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out
+
+
+def test_peers_quick_ours(peers_quick):
+    text = next(peers_quick.glob("peers_forward_*.md")).read_text()
+    assert "| ot_matfree Sinkhorn |" in text
+    assert next(peers_quick.glob("peers_*.png")).stat().st_size > 0
+    assert next(peers_quick.glob("peers_forward_*.csv")).stat().st_size > 0
+
+
+@pytest.mark.parametrize("module", sorted(_PEERS))
+def test_peers_quick_peer(peers_quick, module):
+    """An installed peer ran (no 'failed' row); a missing one is skipped with its
+    reason, in the table and here."""
+    import importlib.util
+
+    text = next(peers_quick.glob("peers_forward_*.md")).read_text()
+    label = _PEERS[module]
+    if importlib.util.find_spec(module) is None:
+        assert f"{label}: skipped" in text
+        pytest.skip(f"peer {label} ({module}) not installed: `pip install '.[bench]'`")
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"| {label}")]
+    assert lines, f"no {label} row in\n{text}"
+    assert not any("failed" in ln for ln in lines), "\n".join(lines)
