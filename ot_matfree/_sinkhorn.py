@@ -198,7 +198,7 @@ def _solve(
             err = err + jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps)))
             f_next = f + w * (f_hat - f)
             if momentum == "adaptive":
-                k = state["k"] + at_target
+                k = state["k"] + at_target.astype(state["k"].dtype)
                 w_next, err_ref, settling = adapt_momentum(
                     state["w"], err, state["err_ref"], k, state["settling"]
                 )
