@@ -29,6 +29,7 @@ coupling.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -118,9 +119,10 @@ def true_error(x, y, f, g, epsilon):
     return float(jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b)))
 
 
-def run_grid(x, y, epsilons, max_iters, repeats, log):
+def run_grid(x, y, epsilons, max_iters, repeats, log, names):
     rows = []
-    for name, run in SOLVERS.items():
+    for name in names:
+        run = SOLVERS[name]
         common.block(run(x, y, 1.0, max_iters))  # compile
         for eps in epsilons:
             times = []
@@ -153,14 +155,14 @@ def run_warm(x, y, epsilons, max_iters, log):
     return rows
 
 
-def plot(rows, epsilons, path):
+def plot(rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in SOLVERS:
+    for name in dict.fromkeys(r["solver"] for r in rows):
         mine = [r for r in rows if r["solver"] == name]
         style = "-o" if name.startswith("ours") else "--s"
         for ax, key in zip(axes, ["iters", "seconds"]):
@@ -186,7 +188,11 @@ def main():
     p.add_argument("--max-iters", type=int, default=1500)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per cell (median)")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start table")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="markdown file (png alongside)")
+    p.add_argument("--solvers", nargs="+", default=None,
+                   help="only the solvers whose name starts with one of these (e.g. ours ott)")
+    p.add_argument("--merge", type=pathlib.Path, nargs="+", default=None,
+                   help="write one table + figure from the .json files of earlier runs")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="markdown file (png, json alongside)")
     args = p.parse_args()
     if args.smoke:
         args.n, args.epsilons, args.max_iters = 200, [0.05, 0.005], 300
@@ -194,17 +200,26 @@ def main():
     out = args.out or RESULTS / ("sinkhorn_speed_smoke.md" if args.smoke else "sinkhorn_speed_cpu.md")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    kx, ky = jax.random.split(jax.random.PRNGKey(0))
-    x = common.uniform_cloud(kx, args.n, 2)
-    y = common.uniform_cloud(ky, args.n, 2)
-
     def log(msg):
         print(msg, flush=True)
 
     t0 = time.perf_counter()
-    rows = run_grid(x, y, args.epsilons, args.max_iters, args.repeats, log)
-    warm_eps = args.epsilons[:1] if args.smoke else [e for e in args.epsilons if e >= 0.002]
-    warm = [] if args.no_warm else run_warm(x, y, warm_eps, 5000, log)
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        rows = [r for run in runs for r in run["rows"]]
+        warm = [r for run in runs for r in run["warm"]]
+        seconds = max(run["seconds"] for run in runs)
+    else:
+        kx, ky = jax.random.split(jax.random.PRNGKey(0))
+        x = common.uniform_cloud(kx, args.n, 2)
+        y = common.uniform_cloud(ky, args.n, 2)
+        names = [k for k in SOLVERS if args.solvers is None
+                 or any(k.startswith(prefix) for prefix in args.solvers)]
+        rows = run_grid(x, y, args.epsilons, args.max_iters, args.repeats, log, names)
+        warm_eps = args.epsilons[:1] if args.smoke else [e for e in args.epsilons if e >= 0.01]
+        warm = [] if args.no_warm else run_warm(x, y, warm_eps, 5000, log)
+        seconds = time.perf_counter() - t0
+        out.with_suffix(".json").write_text(json.dumps(dict(rows=rows, warm=warm, seconds=seconds)))
     header = ["solver", "epsilon", "iterations", "seconds", "true marginal error",
               "reported converged", "true error <= 1e-6"]
     table = common.markdown_table(
@@ -234,9 +249,9 @@ def main():
                                   [[r["solver"], r["epsilon"], r["cold"], r["warm"], r["converged"]]
                                    for r in warm]),
         ]
-    text += ["", f"Total wall time {time.perf_counter() - t0:.0f} s.", ""]
+    text += ["", f"Wall time {seconds:.0f} s (the longest run, when merged).", ""]
     out.write_text("\n".join(text))
-    plot(rows, args.epsilons, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
