@@ -84,6 +84,8 @@ def solve_symmetric(
     `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
     mass correction of an unconverged coupling); `throw` as for `solve`;
     `sharding` is the placement of `x` (`_sharding.row_sharding`).
+    Only `solver.tol`, `max_iters` and the progress options are used: the
+    averaged update needs no momentum, Anderson or annealing.
     """
     if not is_symmetric(cost):
         return solve_placed(

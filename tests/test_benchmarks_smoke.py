@@ -92,3 +92,18 @@ def test_peers_quick_peer(peers_quick, module):
     lines = [ln for ln in text.splitlines() if ln.startswith(f"| {label}")]
     assert lines, f"no {label} row in\n{text}"
     assert not any("failed" in ln for ln in lines), "\n".join(lines)
+def test_sinkhorn_speed_smoke(tmp_path):
+    """Forward-solver grid (ours and ott-jax's variants) at n = 200."""
+    import os
+
+    out = tmp_path / "result.md"
+    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sinkhorn_speed.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    text = out.read_text()
+    assert "| ours momentum adaptive | 5.00e-03 |" in text and "| ott anderson 5 |" in text
+    assert "## Warm start" in text
+    assert out.with_suffix(".png").stat().st_size > 0
