@@ -7,12 +7,14 @@ matfree's `tridiag_sym` it stops cleanly when the Krylov space is invariant
 vector would give NaNs.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
 
+@eqx.filter_jit
 def min_hessian_eigenvalue(
     fn, params: PyTree[Array], *, key: PRNGKeyArray, num_steps: int = 20
 ) -> Scalar:
