@@ -39,12 +39,21 @@ def test_quadratic_exact_in_one_newton_step():
     assert jnp.allclose(jnp.concatenate(sol.value), exact, rtol=1e-11, atol=1e-11)
 
 
-def test_rosenbrock_from_standard_start():
-    sol = optx.minimise(_rosenbrock, om.NewtonCG(rtol=1e-10, atol=1e-10), jnp.array([-1.2, 1.0]))
+def test_rosenbrock_from_standard_start_with_callbacks():
+    calls, printed = [], []
+    solver = om.NewtonCG(
+        rtol=1e-10, atol=1e-10, progress=lambda info: calls.append(info),
+        verbose=lambda **kw: jax.debug.callback(lambda v: printed.append(v), kw["loss"][1]),
+    )
+    sol = jax.jit(lambda y: optx.minimise(_rosenbrock, solver, y))(jnp.array([-1.2, 1.0]))
     assert jnp.allclose(sol.value, jnp.ones(2), rtol=0, atol=1e-8)
     stats = _stats(sol)
     assert stats["num_steps"] == stats["num_newton_steps"] + stats["num_search_steps"]
     assert stats["num_hvps"] >= stats["num_cg_steps"] >= 1
+    assert len(calls) == len(printed) == stats["num_steps"]
+    assert set(calls[-1]) == {"step", "loss", "grad_norm", "step_size", "num_newton_steps",
+                              "num_hvps"}
+    assert int(calls[-1]["num_hvps"]) == stats["num_hvps"]
 
 
 def test_relaxed_newton_fixed_step():
@@ -87,10 +96,13 @@ def test_throw_and_result_codes():
     sol = optx.minimise(_rosenbrock, solver, y0, max_steps=3, throw=False)
     assert sol.result == optx.RESULTS.nonlinear_max_steps_reached
     # Under jit, too.
-    result = jax.jit(
-        lambda y: optx.minimise(_rosenbrock, solver, y, max_steps=3, throw=False).result._value
+    hit_max = jax.jit(
+        lambda y: optx.minimise(_rosenbrock, solver, y, max_steps=3, throw=False).result
+        == optx.RESULTS.nonlinear_max_steps_reached
     )(y0)
-    assert result == optx.RESULTS.nonlinear_max_steps_reached._value
+    assert bool(hit_max)
+    with pytest.raises(Exception, match="maximum number of steps"):
+        jax.jit(lambda y: optx.minimise(_rosenbrock, solver, y, max_steps=3).value)(y0)
     # A non-finite gradient is a divergence, never a converged answer.
     nan_fn = lambda y, args: jnp.sum(jnp.sqrt(y - 2.0))
     sol = optx.minimise(nan_fn, solver, jnp.ones(2), throw=False)
@@ -98,18 +110,6 @@ def test_throw_and_result_codes():
     with pytest.raises(eqx.EquinoxRuntimeError):
         optx.minimise(nan_fn, solver, jnp.ones(2))
 
-
-def test_progress_and_verbose_callbacks():
-    calls, printed = [], []
-    solver = om.NewtonCG(
-        rtol=1e-10, atol=1e-10, progress=lambda info: calls.append(info),
-        verbose=lambda **kw: jax.debug.callback(lambda v: printed.append(v), kw["loss"][1]),
-    )
-    sol = jax.jit(lambda y: optx.minimise(_rosenbrock, solver, y))(jnp.array([-1.2, 1.0]))
-    assert len(calls) == len(printed) == int(sol.stats["num_steps"])
-    assert set(calls[-1]) == {"step", "loss", "grad_norm", "step_size", "num_newton_steps",
-                              "num_hvps"}
-    assert int(calls[-1]["num_hvps"]) == int(sol.stats["num_hvps"])
 
 
 def test_vmap_over_problems():
@@ -176,11 +176,18 @@ def test_registration_recovers_rotation_and_scale():
     assert stats["num_hvps"] > stats["num_steps"]
 
 
+def test_loss_failure_inside_newton_raises():
+    # A Sinkhorn solve that stops at max_iters raises through the minimiser.
+    x, y, a_true = _registration(n=12)
+    loss = lambda a, y: om.ot_cost(x @ a, y, epsilon=0.01, solver=om.Sinkhorn(max_iters=2))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="Sinkhorn did not reach"):
+        optx.minimise(loss, om.NewtonCG(rtol=1e-8, atol=1e-8), a_true + 0.3, y)
+
+
 def test_linearisation_keeps_no_n_by_m_residuals():
-    # The divergence has a cross term (ot_cost) and two symmetric self terms.
     x, y, _ = _registration(n=64)
     y = y[:48]
-    fn = lambda a: om.sinkhorn_divergence(x @ a, y, epsilon=2.0, block_size=16)
+    fn = lambda a: om.ot_cost(x @ a, y, epsilon=2.0, block_size=16)
     # Shapes only (traced, not run): the residuals the linear map closes over.
     residuals = jax.eval_shape(lambda a: jax.tree.leaves(jax.linearize(jax.grad(fn), a)[1]),
                                jnp.eye(3))
