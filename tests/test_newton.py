@@ -80,12 +80,15 @@ def test_matches_bfgs_with_fewer_steps():
     assert _stats(newton)["num_newton_steps"] < _stats(bfgs)["num_steps"]
 
 
-def test_negative_curvature_is_handled():
+@pytest.mark.parametrize("linearise", [True, False])
+def test_negative_curvature_is_handled(linearise, capfd):
     # Saddle at the origin: the Hessian diag(3 x^2 - 1, 2) is indefinite at y0.
     fn = lambda y, args: y[0] ** 4 / 4 - y[0] ** 2 / 2 + y[1] ** 2
-    sol = optx.minimise(fn, om.NewtonCG(rtol=1e-10, atol=1e-10), jnp.array([0.1, 1.0]))
+    solver = om.NewtonCG(rtol=1e-10, atol=1e-10, linearise=linearise, verbose=True)
+    sol = optx.minimise(fn, solver, jnp.array([0.1, 1.0]))
     assert jnp.allclose(sol.value, jnp.array([1.0, 0.0]), atol=1e-8)
     assert _stats(sol)["num_negative_curvature"] >= 1
+    assert capfd.readouterr().out.count("Loss on this step") == _stats(sol)["num_steps"]
 
 
 def test_throw_and_result_codes():

@@ -118,7 +118,10 @@ class NewtonCGDescent(optx.AbstractDescent):
         if not 0 < self.eta_max < 1:
             raise ValueError(f"`eta_max` must be in (0, 1), got {self.eta_max}.")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"`cg_max_steps` must be >= 1 or None, got {self.max_steps}.")
+            raise ValueError(
+                f"`max_steps` (`cg_max_steps` of NewtonCG) must be >= 1 or None, got "
+                f"{self.max_steps}."
+            )
 
     def init(self, y, f_info_struct) -> NewtonCGState:
         del f_info_struct
