@@ -86,9 +86,9 @@ class NewtonCG(optx.AbstractMinimiser):
     - `num_search_steps`: rejected trial points (line-search backtracks).
 
     Failures follow optimistix: `max_steps` reached raises with `throw=True`
-    (`optimistix.RESULTS.nonlinear_max_steps_reached` with `throw=False`), a non-finite gradient or
-    curvature is `RESULTS.nonlinear_divergence`. Errors raised inside `fn`
-    (ot_matfree's losses with `throw=True`) propagate.
+    (`optimistix.RESULTS.nonlinear_max_steps_reached` with `throw=False`), a
+    non-finite gradient or curvature is `RESULTS.nonlinear_divergence`. Errors
+    raised inside `fn` (ot_matfree's losses with `throw=True`) propagate.
     """
 
     rtol: float
