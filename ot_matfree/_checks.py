@@ -1,15 +1,50 @@
 """Input validation shared by the public entry points.
 
 Shape and dtype problems raise at call time; value problems (NaN, bad
-weights, epsilon <= 0) raise at run time through `eqx.error_if`, which also
-works under `jit` and `vmap`.
+weights, epsilon <= 0) raise at run time through `error_if` (`eqx.error_if`
+on a scalar), which also works under `jit` and `vmap`.
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, Bool, PyTree
+
+from ._results import RESULTS
+
+
+def _tie(tree: PyTree, token: Array) -> PyTree:
+    """`tree`, each array made to depend on the zero scalar `token` (exactly:
+    `+ 0`, or `xor False` for booleans)."""
+
+    def tie(leaf):
+        if leaf.dtype == jnp.bool_:
+            return leaf ^ (token != 0)
+        return leaf + token.astype(leaf.dtype)
+
+    dynamic, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.tree_util.tree_map(tie, dynamic), static)
+
+
+def error_if(tree: PyTree, pred: Bool[Array, "..."], msg: str) -> PyTree:
+    """`eqx.error_if(tree, pred, msg)` that leaves `tree` where it is.
+
+    equinox threads `tree` itself through a `lax.cond` whose error branch runs
+    on one device, so XLA gathers a sharded array onto device 0 and spreads
+    it out again (O(n d) memory and traffic per device, and a warning).
+    Here the check runs on a scalar and every array of `tree` depends on it,
+    so it still runs whenever any of them is used (also under
+    `jit(grad(...))`, where JAX drops unused values).
+    """
+    return _tie(tree, eqx.error_if(jnp.zeros((), jnp.int32), pred, msg))
+
+
+def error_if_failed(tree: PyTree, result: RESULTS) -> PyTree:
+    """`tree`, raising `RESULTS[result]` wherever it is used unless `result` is
+    `successful` (as `error_if`)."""
+    token = result.error_if(jnp.zeros((), jnp.int32), result != RESULTS.successful)
+    return _tie(tree, token)
 
 
 def check_points(name: str, z) -> Array:
@@ -25,7 +60,7 @@ def check_points(name: str, z) -> Array:
             f"`{name}` has dtype {z.dtype}: Sinkhorn and the H-solves are not accurate below "
             f"float32 (HVPs 10x off); convert with `{name}.astype(jnp.float32)`."
         )
-    return eqx.error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
+    return error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
 
 
 def check_weights(name: str, w, size: int, dtype) -> Array:
@@ -45,10 +80,10 @@ def check_weights(name: str, w, size: int, dtype) -> Array:
     w = w.astype(dtype)
     if w.shape != (size,):
         raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
-    w = eqx.error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
-    w = eqx.error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
+    w = error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
+    w = error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
     total = jnp.sum(w)
-    w = eqx.error_if(
+    w = error_if(
         w,
         jnp.abs(total - 1) > float(np.sqrt(np.finfo(given).eps)),
         f"`{name}` must sum to 1 (balanced OT) to within sqrt(machine epsilon) of its dtype; "
@@ -63,7 +98,7 @@ def check_epsilon(epsilon, dtype) -> Array:
     epsilon = jnp.asarray(epsilon, dtype)
     if epsilon.ndim != 0:
         raise ValueError(f"`epsilon` must be a scalar, got shape {epsilon.shape}.")
-    return eqx.error_if(
+    return error_if(
         epsilon, ~(jnp.isfinite(epsilon) & (epsilon > 0)), "`epsilon` must be finite and > 0."
     )
 
@@ -81,7 +116,7 @@ def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
     v = jnp.asarray(v, dtype)
     if v.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got {v.shape}.")
-    return eqx.error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
+    return error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
 
 
 def check_block_size(block_size) -> int | None:

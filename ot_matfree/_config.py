@@ -10,30 +10,43 @@ import equinox as eqx
 
 from ._costs import AbstractCost
 from ._coupling import Coupling
-from ._sinkhorn import Sinkhorn, solve
+from ._sharding import RowSharding
+from ._sinkhorn import Sinkhorn, solve_placed
 from ._sinkhorn_symmetric import solve_symmetric
 from ._solver._base import AbstractHSolver
 
 
 class Config(eqx.Module):
-    """Static configuration shared by the differentiable functions."""
+    """Static configuration shared by the differentiable functions.
+
+    `sharding` is the placement of the clouds, read before `jit`
+    (`_sharding.row_sharding`); every coupling built from this config follows it.
+    """
 
     cost: AbstractCost
     solver: Sinkhorn
     linear_solver: AbstractHSolver
     block_size: int | None = eqx.field(static=True)
+    sharding: RowSharding | None = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
+
+    def coupling(self, x, y, a, b, f, g, epsilon) -> Coupling:
+        """The coupling of potentials `f`, `g` (no diagnostics)."""
+        return Coupling(
+            x, y, a, b, f, g, epsilon, self.cost, block_size=self.block_size,
+            sharding=self.sharding,
+        )
 
     def solve(self, x, y, a, b, epsilon) -> Coupling:
         """`OT_eps(x, y, a, b)`'s coupling."""
-        return solve(
-            x, y, a, b, epsilon=epsilon, cost=self.cost, solver=self.solver,
-            block_size=self.block_size, throw=self.throw,
+        return solve_placed(
+            self.sharding, x, y, a, b, epsilon=epsilon, cost=self.cost, solver=self.solver,
+            block_size=self.block_size, init=None, throw=self.throw,
         )
 
     def solve_self(self, x, a, epsilon) -> Coupling:
         """`OT_eps(x, x, a, a)`'s coupling, with symmetric updates where the cost allows."""
         return solve_symmetric(
             x, a, epsilon=epsilon, cost=self.cost, solver=self.solver,
-            block_size=self.block_size, throw=self.throw,
+            block_size=self.block_size, sharding=self.sharding, throw=self.throw,
         )

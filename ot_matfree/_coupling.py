@@ -7,11 +7,11 @@ their diagnostics.
 """
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._costs import AbstractCost
 from ._results import RESULTS
+from ._sharding import RowSharding
 
 #: Working memory a single block may use, in bytes, when no block size is given.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
@@ -46,6 +46,9 @@ class Coupling(eqx.Module):
     - `result`: an `ot_matfree.RESULTS` status (`successful`, or
       `sinkhorn_max_iters_reached`).
     - `block_size`: rows per streaming block (`None`: chosen from a memory budget).
+    - `sharding`: how the rows of `x` and `y` are split over devices (a
+      `RowSharding`, read by `solve` and `from_ott` from the inputs'
+      placement; `None`: one device). Every streaming pass follows it.
 
     The diagnostics (`num_iters`, `marginal_error`, `reg_ot_cost`, `result`)
     are `None` for a coupling built directly from potentials rather than by
@@ -65,6 +68,7 @@ class Coupling(eqx.Module):
     reg_ot_cost: Float[Array, ""] | None = None
     result: RESULTS | None = None
     block_size: int | None = eqx.field(static=True, default=None)
+    sharding: RowSharding | None = eqx.field(static=True, default=None)
 
     @property
     def converged(self) -> Bool[Array, ""]:
@@ -81,23 +85,19 @@ class Coupling(eqx.Module):
         """The coupling `P^T` (source and target swapped; diagnostics dropped)."""
         return Coupling(
             self.y, self.x, self.b, self.a, self.g, self.f, self.epsilon, self.cost.transpose(),
-            block_size=self.block_size,
+            block_size=self.block_size, sharding=self.sharding,
         )
 
     def block(self, width: int) -> int:
-        """Rows per block for a reduction keeping `width` arrays of `block x m` alive."""
+        """Rows per block for a reduction keeping `width` arrays of `block x m` alive.
+
+        Sharded over `D` devices, a block is `block x (m / D)` (one chunk of
+        the columns) and each device has `n / D` rows.
+        """
         n, m = self.shape
+        if self.sharding is not None:
+            n, m = n // self.sharding.size, m // self.sharding.size
         return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
-
-    def probs_and_cost(self, xb, fb, valid: Bool[Array, " k"]):
-        """The blocks `P[rows, :]` (zero on padded rows) and `C[rows, :]`."""
-        c = self.cost.matrix(xb, self.y)
-        logits = (fb[:, None] + self.g[None, :] - c) / self.epsilon
-        return jnp.where(valid[:, None], jnp.exp(logits), 0.0), c
-
-    def probs(self, xb, fb, valid: Bool[Array, " k"]) -> Float[Array, "k m"]:
-        """The block `P[rows, :]`, zero on padded rows."""
-        return self.probs_and_cost(xb, fb, valid)[0]
 
 
 def upstream_status(coupling: Coupling) -> RESULTS:

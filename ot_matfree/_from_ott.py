@@ -6,6 +6,7 @@ from ._checks import check_block_size
 from ._costs import as_cost
 from ._coupling import Coupling
 from ._results import RESULTS
+from ._sharding import row_sharding
 from ._sinkhorn import finish
 from ._streaming import marginals
 
@@ -14,7 +15,8 @@ def from_ott(output, *, block_size: int | None = None, throw: bool = True) -> Co
     """Build a `Coupling` from an ott-jax `SinkhornOutput` on a `PointCloud`.
 
     The potentials, points, weights, epsilon and cost function are taken over;
-    the marginal error is recomputed with one streaming pass.
+    the marginal error is recomputed with one streaming pass. Points sharded
+    over a mesh axis give a sharded coupling, as for `solve`.
 
     **Arguments:**
 
@@ -44,18 +46,22 @@ def from_ott(output, *, block_size: int | None = None, throw: bool = True) -> Co
         raise ValueError("`from_ott` supports balanced problems only (tau_a = tau_b = 1).")
     x, y = jnp.asarray(geom.x), jnp.asarray(geom.y)
     a, b = jnp.asarray(prob.a), jnp.asarray(prob.b)
+    f, g = jnp.asarray(output.f), jnp.asarray(output.g)
+    sharding = row_sharding(x=x, y=y)
+    if sharding is not None:
+        x, y, a, b, f, g = sharding.place((x, y, a, b, f, g), sharding.rows)
     epsilon = jnp.asarray(geom.epsilon, x.dtype)
     block_size = check_block_size(block_size)
-    coupling = Coupling(x, y, a, b, output.f, output.g, epsilon, as_cost(geom.cost_fn),
-                        block_size=block_size)
+    coupling = Coupling(x, y, a, b, f, g, epsilon, as_cost(geom.cost_fn),
+                        block_size=block_size, sharding=sharding)
     a_hat, b_hat = marginals(coupling)
     converged = jnp.asarray(output.converged)
     coupling = Coupling(
-        x, y, a, b, output.f, output.g, epsilon, coupling.cost,
+        x, y, a, b, f, g, epsilon, coupling.cost,
         num_iters=jnp.asarray(output.n_iters),
         marginal_error=jnp.sum(jnp.abs(a_hat - a)) + jnp.sum(jnp.abs(b_hat - b)),
         reg_ot_cost=jnp.asarray(output.reg_ot_cost),
         result=RESULTS.where(converged, RESULTS.successful, RESULTS.sinkhorn_max_iters_reached),
-        block_size=block_size,
+        block_size=block_size, sharding=sharding,
     )
     return finish(coupling, bool(throw))

@@ -11,14 +11,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._checks import error_if_failed
 from ._costs import pairwise
 from ._coupling import Coupling, upstream_status
 from ._operators import h_operator
-from ._results import RESULTS
+from ._sharding import auto_partitioned
 from ._solver.dense import DenseSolver
 
 
 @eqx.filter_jit
+@auto_partitioned
 def hessian_x(
     coupling: Coupling, *, solver: DenseSolver = DenseSolver(), throw: bool = True
 ) -> Float[Array, "n d n d"]:
@@ -54,5 +56,5 @@ def hessian_x(
     hess = hess + jnp.einsum("ik,iab->iakb", jnp.eye(n, dtype=x.dtype), block)
     if throw:
         result = upstream_status(coupling)
-        hess = result.error_if(hess, result != RESULTS.successful)
+        hess = error_if_failed(hess, result)
     return hess

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
-from ._checks import check_tangent
+from ._checks import check_tangent, error_if, error_if_failed
 from ._coupling import Coupling, upstream_status
 from ._operators import h_operator
 from ._pair_reductions import gradients, tangent_gradients, tangent_marginals
 from ._results import RESULTS
+from ._sharding import auto_partitioned
 from ._solver._base import AbstractHSolver
 from ._solver.cg import CG
 
@@ -32,7 +33,7 @@ def check_finite(tree, coupling: Coupling, throw: bool):
     """With `throw`, raise (naming the cost) when a derivative is not finite."""
     if not throw:
         return tree
-    return eqx.error_if(
+    return error_if(
         tree, finite_status(tree) != RESULTS.successful,
         f"{RESULTS[RESULTS.nonfinite_derivative]} The cost is {coupling.cost!r}; pass "
         "`throw=False` to get the values as they are.",
@@ -40,6 +41,7 @@ def check_finite(tree, coupling: Coupling, throw: bool):
 
 
 @eqx.filter_jit
+@auto_partitioned
 def grad(coupling: Coupling, *, throw: bool = True) -> tuple[Array, Array, Array, Array]:
     """Gradients of `reg_ot_cost` w.r.t. `(x, y, a, b)` (Danskin), one pass.
 
@@ -84,7 +86,7 @@ def _checked_state(coupling: Coupling, linear_solver, state):
         )
     same = jnp.array_equal(held.f, coupling.f) & jnp.array_equal(held.g, coupling.g)
     same = same & jnp.array_equal(held.x, coupling.x) & jnp.array_equal(held.y, coupling.y)
-    return eqx.error_if(
+    return error_if(
         state, ~same,
         "`solver_state` was computed for a different coupling; make it with "
         "`linear_solver.init(h_operator(coupling), {})` for the coupling you differentiate.",
@@ -109,11 +111,12 @@ def solve_h(
     result = RESULTS.where(upstream == RESULTS.successful, failed, upstream)
     stats = {**stats, "result": result}
     if throw:
-        df, dg = result.error_if((df, dg), result != RESULTS.successful)
+        df, dg = error_if_failed((df, dg), result)
     return df, dg, stats
 
 
 @eqx.filter_jit
+@auto_partitioned
 def hvp(
     coupling: Coupling,
     dx: Float[Array, "n d"] | None = None,

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from ._config import Config
-from ._coupling import Coupling
 from ._hvp import solve_h
 from ._operators import h_operator
 from ._pair_reductions import tangent_marginals
@@ -76,7 +75,7 @@ def _potentials_jvp(primals, tangents, *, config: Config):
 
 def _h_apply(x, y, f, g, a, b, epsilon, u, v, config: Config):
     """`H [u; v]` for the coupling of `(x, y, f, g)`, differentiable in all."""
-    h = h_operator(Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size))
+    h = h_operator(config.coupling(x, y, a, b, f, g, epsilon))
     out = h.mv(jnp.concatenate([u, v]))
     return out[: u.shape[0]], out[u.shape[0] :]
 
@@ -87,7 +86,7 @@ def h_solve(x, y, f, g, a, b, epsilon, r, s, *, config: Config):
 
     `a`, `b` only complete the `Coupling`; H depends on them through `f`, `g`.
     """
-    coupling = Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size)
+    coupling = config.coupling(x, y, a, b, f, g, epsilon)
     u, v, _ = solve_h(coupling, r, s, linear_solver=config.linear_solver, throw=config.throw)
     return u, v
 

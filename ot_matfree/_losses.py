@@ -32,6 +32,7 @@ from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._coupling import Coupling
 from ._hvp import check_finite, check_linear_solver, grad, hvp
 from ._implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
+from ._sharding import auto_partitioned, row_sharding
 from ._sharp_reductions import cost_marginals, sharp_gradients
 from ._sinkhorn import Sinkhorn
 from ._solver._base import AbstractHSolver
@@ -122,7 +123,7 @@ _self_value = _with_gradient(
 
 def _sharp_coupling(x, y, a, b, epsilon, config: Config) -> Coupling:
     f, g = potentials(x, y, a, b, epsilon, config=config)
-    return Coupling(x, y, a, b, f, g, epsilon, config.cost, block_size=config.block_size)
+    return config.coupling(x, y, a, b, f, g, epsilon)
 
 
 def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
@@ -146,20 +147,43 @@ def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
 _sharp_value = _with_gradient(_sharp_value_and_grad, _sharp_value_only)
 
 
+def _divergence_value(x, y, a, b, epsilon, *, config: Config):
+    xy = _ot_value(x, y, a, b, epsilon, config=config)
+    xx = _self_value(x, a, epsilon, config=config)
+    yy = _self_value(y, b, epsilon, config=config)
+    return xy - 0.5 * (xx + yy)
+
+
 # --- Public entry points -----------------------------------------------------
 
 
-def _prepare(x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw):
+def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw):
+    """`loss(x, y, a, b, epsilon, config=)` on checked inputs, compiled.
+
+    The clouds' placement is read here, outside `jit`: inside, a cloud on a
+    mesh with `Auto` axes is a tracer whose type does not show it.
+    """
+    sharding = row_sharding(x=x, y=y)
+    return _evaluate_jit(
+        loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding, throw
+    )
+
+
+@eqx.filter_jit
+@auto_partitioned
+def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding,
+                  throw):
     # `None` weights become uniform constants: never differentiated.
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     check_linear_solver(linear_solver)
-    config = Config(as_cost(cost), solver, linear_solver, check_block_size(block_size), bool(throw))
-    return x, y, a, b, epsilon, config
+    config = Config(
+        as_cost(cost), solver, linear_solver, check_block_size(block_size), sharding, bool(throw)
+    )
+    return loss(x, y, a, b, epsilon, config=config)
 
 
-@eqx.filter_jit
 def ot_cost(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -217,13 +241,11 @@ def ot_cost(
 
     **Returns:** the scalar `reg_ot_cost`.
     """
-    x, y, a, b, epsilon, config = _prepare(
-        x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+    return _evaluate(
+        _ot_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
     )
-    return _ot_value(x, y, a, b, epsilon, config=config)
 
 
-@eqx.filter_jit
 def sinkhorn_divergence(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -270,16 +292,11 @@ def sinkhorn_divergence(
 
     **Returns:** the scalar divergence.
     """
-    x, y, a, b, epsilon, config = _prepare(
-        x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+    return _evaluate(
+        _divergence_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
     )
-    xy = _ot_value(x, y, a, b, epsilon, config=config)
-    xx = _self_value(x, a, epsilon, config=config)
-    yy = _self_value(y, b, epsilon, config=config)
-    return xy - 0.5 * (xx + yy)
 
 
-@eqx.filter_jit
 def sinkhorn_distance(
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
@@ -331,7 +348,6 @@ def sinkhorn_distance(
 
     **Returns:** the scalar `<P*, C>`.
     """
-    x, y, a, b, epsilon, config = _prepare(
-        x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+    return _evaluate(
+        _sharp_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
     )
-    return _sharp_value(x, y, a, b, epsilon, config=config)

@@ -11,6 +11,7 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from ._coupling import Coupling
+from ._sharding import auto_partitioned
 from ._streaming import apply, marginals
 
 
@@ -105,6 +106,7 @@ def coupling_operator(coupling: Coupling) -> CouplingOperator:
 
 
 @eqx.filter_jit
+@auto_partitioned
 def h_operator(coupling: Coupling) -> HOperator:
     """The H-matrix of `coupling` as a streaming, symmetric PSD lineax operator.
 

@@ -92,13 +92,11 @@ def gradients(coupling: Coupling) -> tuple[Float[Array, "n d"], Float[Array, "m 
     """Danskin gradients `(sum_j P_ij grad_1 c_ij, sum_i P_ij grad_2 c_ij)`."""
     m, d = coupling.y.shape
 
-    def block_fn(rows, valid):
-        xb, fb = rows
-        return contract_block(coupling.cost, xb, coupling.y, coupling.probs(xb, fb, valid))
+    def block_fn(blk, rows, cols):
+        return contract_block(blk.cost, blk.x, blk.y, blk.probs())
 
     col_init = jnp.zeros((m, d), coupling.x.dtype)
-    block = coupling.block(block_width(coupling.cost, d))
-    return stream(block_fn, (coupling.x, coupling.f), col_init, block)
+    return stream(coupling, block_fn, col_init=col_init, width=block_width(coupling.cost, d))
 
 
 def tangent_marginals(
@@ -111,14 +109,15 @@ def tangent_marginals(
     if dx is None and dy is None:
         return jnp.zeros((n,), coupling.x.dtype), jnp.zeros((m,), coupling.x.dtype)
 
-    def block_fn(rows, valid):
-        xb, fb, dxb = rows
-        pdc = coupling.probs(xb, fb, valid) * _dc_block(coupling.cost, xb, coupling.y, dxb, dy)
+    def block_fn(blk, rows, cols):
+        (dxb,), (dyc,) = rows, cols
+        pdc = blk.probs() * _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
         return jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
 
     col_init = jnp.zeros((m,), coupling.x.dtype)
-    rows = (coupling.x, coupling.f, dx)
-    return stream(block_fn, rows, col_init, coupling.block(block_width(coupling.cost, d)))
+    return stream(
+        coupling, block_fn, (dx,), (dy,), col_init, width=block_width(coupling.cost, d)
+    )
 
 
 def tangent_gradients(
@@ -135,15 +134,16 @@ def tangent_gradients(
     `None` tangents are zero."""
     m, d = coupling.y.shape
 
-    def block_fn(rows, valid):
-        xb, fb, dxb, dfb = rows
-        p = coupling.probs(xb, fb, valid)
-        shift = dfb[:, None] + dg[None, :]
-        if dxb is not None or dy is not None:
-            shift = shift - _dc_block(coupling.cost, xb, coupling.y, dxb, dy)
-        dp = p * shift / coupling.epsilon
-        return contract_block(coupling.cost, xb, coupling.y, dp, p, dxb, dy)
+    def block_fn(blk, rows, cols):
+        (dxb, dfb), (dyc, dgc) = rows, cols
+        p = blk.probs()
+        shift = dfb[:, None] + dgc[None, :]
+        if dxb is not None or dyc is not None:
+            shift = shift - _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
+        dp = p * shift / blk.epsilon
+        return contract_block(blk.cost, blk.x, blk.y, dp, p, dxb, dyc)
 
     col_init = jnp.zeros((m, d), coupling.x.dtype)
-    rows = (coupling.x, coupling.f, dx, df)
-    return stream(block_fn, rows, col_init, coupling.block(block_width(coupling.cost, d)))
+    return stream(
+        coupling, block_fn, (dx, df), (dy, dg), col_init, width=block_width(coupling.cost, d)
+    )

@@ -20,14 +20,13 @@ def cost_marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array,
     """
     m = coupling.y.shape[0]
 
-    def block_fn(rows, valid):
-        xb, fb = rows
-        p, c = coupling.probs_and_cost(xb, fb, valid)
+    def block_fn(blk, rows, cols):
+        p, c = blk.probs_and_cost()
         pc = p * c
         return jnp.sum(pc, axis=1), jnp.sum(pc, axis=0)
 
     col_init = jnp.zeros((m,), coupling.x.dtype)
-    return stream(block_fn, (coupling.x, coupling.f), col_init, coupling.block(3))
+    return stream(coupling, block_fn, col_init=col_init, width=3)
 
 
 def sharp_gradients(
@@ -40,12 +39,12 @@ def sharp_gradients(
     """
     m, d = coupling.y.shape
 
-    def block_fn(rows, valid):
-        xb, fb, ub = rows
-        p, c = coupling.probs_and_cost(xb, fb, valid)
-        w = p * (1 + (ub[:, None] + v[None, :] - c) / coupling.epsilon)
-        return contract_block(coupling.cost, xb, coupling.y, w)
+    def block_fn(blk, rows, cols):
+        (ub,), (vc,) = rows, cols
+        p, c = blk.probs_and_cost()
+        w = p * (1 + (ub[:, None] + vc[None, :] - c) / blk.epsilon)
+        return contract_block(blk.cost, blk.x, blk.y, w)
 
     col_init = jnp.zeros((m, d), coupling.x.dtype)
-    block = coupling.block(block_width(coupling.cost, d) + 2)
-    return stream(block_fn, (coupling.x, coupling.f, u), col_init, block)
+    width = block_width(coupling.cost, d) + 2
+    return stream(coupling, block_fn, (u,), (v,), col_init, width=width)

@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_block_size, check_problem
+from ._checks import check_block_size, check_problem, error_if, error_if_failed
 from ._costs import AbstractCost, SqEuclidean, as_cost
 from ._coupling import Coupling
 from ._results import RESULTS
+from ._sharding import RowSharding, auto_partitioned, row_sharding
 from ._streaming import row_logsumexp
 
 
@@ -71,7 +72,7 @@ def finish(coupling: Coupling, throw: bool) -> Coupling:
     """
     if not throw:
         return coupling
-    return coupling.result.error_if(coupling, coupling.result != RESULTS.successful)
+    return error_if_failed(coupling, coupling.result)
 
 
 def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
@@ -79,13 +80,19 @@ def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
 
 
 @eqx.filter_jit
-def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size, throw) -> Coupling:
+@auto_partitioned
+def _solve(
+    x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size, sharding, throw
+) -> Coupling:
     # The gauge (f + c, g - c) is free: centre the start so that potentials stay
     # of the size of the costs. A start like `full(n, 1e16)` otherwise makes
     # f - f_next round to 0, and the marginal error with it (false convergence).
     f_init = f_init - jnp.mean(f_init)
-    geometry = Coupling(x, y, a, b, f_init, jnp.zeros(y.shape[0], x.dtype), epsilon, cost,
-                        block_size=block_size)
+    g_init = jnp.zeros(y.shape[0], x.dtype)
+    if sharding is not None:
+        x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
+    geometry = Coupling(x, y, a, b, f_init, g_init, epsilon, cost, block_size=block_size,
+                        sharding=sharding)
     geometry_t = geometry.transpose()
     log_a, log_b = jnp.log(a), jnp.log(b)
 
@@ -109,6 +116,8 @@ def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size, thro
     inf = jnp.asarray(jnp.inf, x.dtype)
     init = (jnp.asarray(0), f_init, geometry.g, f_init, inf)
     it, f_next, g, f, err = jax.lax.while_loop(cond, body, init)
+    if sharding is not None:
+        f_next, g, f = sharding.place((f_next, g, f), sharding.rows)
     total_mass = jnp.sum(a * jnp.exp((f - f_next) / epsilon))
     reg_ot_cost = (
         jnp.sum(a * (f - epsilon * log_a))
@@ -118,6 +127,7 @@ def _solve(x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, block_size, thro
     coupling = Coupling(
         x, y, a, b, f, g, epsilon, cost, num_iters=it, marginal_error=err,
         reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
+        sharding=sharding,
     )
     return finish(coupling, throw)
 
@@ -159,9 +169,26 @@ def solve(
       returned with `converged=False` and
       `result = RESULTS.sinkhorn_max_iters_reached`.
 
+    Sharded inputs: when `x` or `y` has its rows split over a mesh axis
+    (`jax.device_put(x, NamedSharding(mesh, P("points")))`), every device
+    streams its own rows and the coupling records the placement
+    (`Coupling.sharding`), so its derivatives run sharded too
+    (docs/sharding.md).
+
     **Returns:** a `Coupling` with potentials and diagnostics
     (`num_iters`, `converged`, `result`, `marginal_error`, `reg_ot_cost`).
     """
+    return solve_placed(
+        row_sharding(x=x, y=y), x, y, a, b, epsilon=epsilon, cost=cost, solver=solver,
+        block_size=block_size, init=init, throw=throw,
+    )
+
+
+def solve_placed(
+    sharding: RowSharding | None, x, y, a, b, *, epsilon, cost, solver, block_size, init, throw
+) -> Coupling:
+    """`solve` with the clouds' placement given: the losses read it before their
+    `jit`, where an `Auto`-axis placement is still visible (`_sharding.py`)."""
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     n = x.shape[0]
     if not isinstance(solver, Sinkhorn):
@@ -169,6 +196,8 @@ def solve(
     f_init = jnp.zeros((n,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
     if f_init.shape != (n,):
         raise ValueError(f"`init` must have shape ({n},), got {f_init.shape}.")
-    f_init = eqx.error_if(f_init, ~jnp.all(jnp.isfinite(f_init)), "`init` contains NaN or inf.")
+    f_init = error_if(f_init, ~jnp.all(jnp.isfinite(f_init)), "`init` contains NaN or inf.")
     block_size = check_block_size(block_size)
-    return _solve(x, y, a, b, epsilon, as_cost(cost), solver, f_init, block_size, bool(throw))
+    return _solve(
+        x, y, a, b, epsilon, as_cost(cost), solver, f_init, block_size, sharding, bool(throw)
+    )

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from ._checks import check_block_size, check_epsilon, check_points, check_weights
 from ._costs import AbstractCost, SqEuclidean
 from ._coupling import Coupling
-from ._sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve
+from ._sharding import RowSharding, auto_partitioned
+from ._sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_placed
 from ._streaming import row_logsumexp
 
 
@@ -26,12 +27,20 @@ def is_symmetric(cost: AbstractCost) -> bool:
 
 
 @eqx.filter_jit
-def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size, throw) -> Coupling:
+@auto_partitioned
+def _solve_symmetric(
+    x, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
+) -> Coupling:
     n = x.shape[0]
+    f0 = jnp.zeros((n,), x.dtype)
+    if sharding is not None:
+        x, a, f0 = sharding.place((x, a, f0), sharding.rows)
     log_a = jnp.log(a)
 
     def transform(f):
-        geometry = Coupling(x, x, a, a, f, f, epsilon, cost, block_size=block_size)
+        geometry = Coupling(
+            x, x, a, a, f, f, epsilon, cost, block_size=block_size, sharding=sharding
+        )
         return epsilon * (log_a - row_logsumexp(geometry, f))
 
     def error(f, tf):
@@ -51,34 +60,39 @@ def _solve_symmetric(x, a, epsilon, cost, solver: Sinkhorn, block_size, throw) -
         report_progress(solver, it + 1, err)
         return it + 1, f, tf, err
 
-    f0 = jnp.zeros((n,), x.dtype)
     tf0 = transform(f0)
     it, f, tf, err = jax.lax.while_loop(cond, body, (jnp.asarray(0), f0, tf0, error(f0, tf0)))
+    if sharding is not None:
+        f, tf = sharding.place((f, tf), sharding.rows)
     total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
     reg_ot_cost = 2 * jnp.sum(a * (f - epsilon * log_a)) + epsilon * (1 - total_mass)
     coupling = Coupling(
         x, x, a, a, f, f, epsilon, cost, num_iters=it, marginal_error=err,
         reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
+        sharding=sharding,
     )
     return finish(coupling, throw)
 
 
 def solve_symmetric(
     x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
-    block_size: int | None = None, throw: bool = True,
+    block_size: int | None = None, sharding: RowSharding | None = None, throw: bool = True,
 ) -> Coupling:
     """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
 
     Falls back to `solve(x, x, a, a, ...)` for costs not known to be symmetric.
     `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
-    mass correction of an unconverged coupling); `throw` as for `solve`.
+    mass correction of an unconverged coupling); `throw` as for `solve`;
+    `sharding` is the placement of `x` (`_sharding.row_sharding`).
     """
     if not is_symmetric(cost):
-        return solve(
-            x, x, a, a, epsilon=epsilon, cost=cost, solver=solver, block_size=block_size,
-            throw=throw,
+        return solve_placed(
+            sharding, x, x, a, a, epsilon=epsilon, cost=cost, solver=solver,
+            block_size=block_size, init=None, throw=throw,
         )
     x = check_points("x", x)
     a = check_weights("a", a, x.shape[0], x.dtype)
     epsilon = check_epsilon(epsilon, x.dtype)
-    return _solve_symmetric(x, a, epsilon, cost, solver, check_block_size(block_size), bool(throw))
+    return _solve_symmetric(
+        x, a, epsilon, cost, solver, check_block_size(block_size), sharding, bool(throw)
+    )

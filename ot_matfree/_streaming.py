@@ -1,38 +1,75 @@
 """Streaming reductions over the coupling `P_ij = exp((f_i + g_j - C_ij) / eps)`.
 
 This is the only layer that touches the n x m structure. Rows are processed in
-blocks of `block_size` rows inside a `lax.scan`; a block holds at most
-`block_size x m` entries (times a small per-pair width), so memory is
-O((n + m)(d + k) + block_size * m) and no n x m array is ever formed.
-Per-row results are stacked; per-column results are accumulated in the scan
-carry, so one pass yields both `P @ V` and `P^T @ U`.
+blocks of `block` rows inside a `lax.scan`; a block holds `block x m` entries
+(times a small per-pair width), so memory is O((n + m)(d + k) + block * m) and
+no n x m array is ever formed. Per-row results are stacked; per-column results
+are accumulated in the scan carry, so one pass yields both `P @ V` and `P^T @ U`.
+
+Sharded clouds (`Coupling.sharding`, see `_sharding.py`): inside
+`jax.shard_map`, each of the `D` devices streams its own `n / D` rows against
+the other cloud, which travels round the ring of devices in `D` chunks of
+`m / D` points (`jax.lax.ppermute`). With every chunk travels its per-column
+accumulator, so after `D` steps each device holds the finished column results
+of its own chunk; each row's results for the `D` chunks merge on the device
+that holds the row. Per-device memory is O((n + m)(d + k) / D + block * m / D).
+Why a ring and not an all-gather of the other cloud: the all-gather holds the
+whole other cloud and its column accumulators on every device, O(m (d + k)),
+which for high-dimensional points is more than everything else together. The
+data each device receives per pass is the same (the other cloud, once), and
+the next chunk is sent while the current one is processed.
 """
 
 import math
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jax.sharding import PartitionSpec as P
+from jaxtyping import Array, Bool, Float, PyTree
 
+from ._costs import AbstractCost
 from ._coupling import Coupling
+from ._sharding import RowSharding
+
+#: How the per-row results of two column chunks combine (sharded streams), with
+#: the identity of the operation.
+SUM = (jnp.add, 0.0)
+LOGSUMEXP = (jnp.logaddexp, -jnp.inf)
 
 
-def stream(
-    block_fn: Callable,
-    rows: PyTree[Array],
-    col_init: PyTree[Array],
-    block: int,
-) -> tuple[PyTree[Array], PyTree[Array]]:
-    """Scan `block_fn` over row blocks.
+class Block(eqx.Module):
+    """Rows `x`, `f` of a coupling against columns `y`, `g` (all of them, or one chunk)."""
 
-    `block_fn(rows_block, valid) -> (row_out, col_out)`: `rows_block` has the
-    leaves of `rows` cut to `block` rows (the last block zero-padded), `valid`
-    marks real rows; `row_out` leaves have leading dimension `block`, `col_out`
-    has the structure of `col_init` and is summed over blocks (padded rows must
-    contribute zero).
-    """
-    n = jax.tree_util.tree_leaves(rows)[0].shape[0]
+    x: Float[Array, "k d"]
+    f: Float[Array, " k"]
+    y: Float[Array, "c d"]
+    g: Float[Array, " c"]
+    valid: Bool[Array, " k"]  # False on the zero padding of the last block
+    cost: AbstractCost
+    epsilon: Float[Array, ""]
+
+    def cost_matrix(self) -> Float[Array, "k c"]:
+        return self.cost.matrix(self.x, self.y)
+
+    def probs_and_cost(self) -> tuple[Float[Array, "k c"], Float[Array, "k c"]]:
+        """The blocks of `P` (zero on padded rows) and `C`."""
+        c = self.cost_matrix()
+        logits = (self.f[:, None] + self.g[None, :] - c) / self.epsilon
+        return jnp.where(self.valid[:, None], jnp.exp(logits), 0.0), c
+
+    def probs(self) -> Float[Array, "k c"]:
+        """The block of `P`, zero on padded rows."""
+        return self.probs_and_cost()[0]
+
+
+def _scan_blocks(block_fn, consts, rows, cols, col_init, block):
+    """One device's pass: `block_fn` scanned over row blocks against all of `cols`."""
+    cost, epsilon = consts
+    x, f, extra_rows = rows
+    y, g, extra_cols = cols
+    n = x.shape[0]
     num_blocks = math.ceil(n / block)
     pad = num_blocks * block - n
 
@@ -40,12 +77,14 @@ def stream(
         widths = [(0, pad)] + [(0, 0)] * (leaf.ndim - 1)
         return jnp.pad(leaf, widths).reshape(num_blocks, block, *leaf.shape[1:])
 
-    blocked = jax.tree_util.tree_map(cut, rows)
+    blocked = jax.tree_util.tree_map(cut, (x, f, extra_rows))
     valid = (jnp.arange(num_blocks * block) < n).reshape(num_blocks, block)
 
     def body(acc, blk):
-        rows_block, valid_block = blk
-        row_out, col_out = block_fn(rows_block, valid_block)
+        (xb, fb, rows_block), valid_block = blk
+        row_out, col_out = block_fn(
+            Block(xb, fb, y, g, valid_block, cost, epsilon), rows_block, extra_cols
+        )
         return jax.tree_util.tree_map(jnp.add, acc, col_out), row_out
 
     # Rematerialise blocks under partial evaluation (`jax.linearize`, reverse
@@ -59,15 +98,93 @@ def stream(
     return row_out, col_total
 
 
+def _ring(scan, sharding: RowSharding, consts, rows, cols, col_init, merge):
+    """`scan` on every device's rows, the columns passed round the ring of devices."""
+    axis, size = sharding.axis, sharding.size
+    shift = [(i, (i + 1) % size) for i in range(size)]
+    combine, identity = merge
+    # shard_map takes arrays as arguments only (it cannot close over arrays
+    # on an `Explicit` mesh): the cost's arrays go in, the rest stays static.
+    dynamic, static = eqx.partition(consts, eqx.is_array)
+
+    def local(dynamic, rows, cols, col_acc):
+        consts = eqx.combine(dynamic, static)
+        row_shapes = jax.eval_shape(lambda: scan(consts, rows, cols, col_acc)[0])
+        row_acc = jax.tree_util.tree_map(
+            lambda s: jax.lax.pcast(jnp.full(s.shape, identity, s.dtype), axis, to="varying"),
+            row_shapes,
+        )
+
+        def step(carry, _):
+            cols, col_acc, row_acc = carry
+            # Independent of this step's work, so the transfer overlaps it.
+            next_cols = jax.lax.ppermute(cols, axis, shift)
+            row_out, col_acc = scan(consts, rows, cols, col_acc)
+            row_acc = jax.tree_util.tree_map(combine, row_acc, row_out)
+            # The accumulator follows its chunk; after `size` steps both are home.
+            return (next_cols, jax.lax.ppermute(col_acc, axis, shift), row_acc), None
+
+        (_, col_acc, row_acc), _ = jax.lax.scan(step, (cols, col_acc, row_acc), length=size)
+        return row_acc, col_acc
+
+    spec = sharding.rows
+    dynamic = sharding.place(dynamic, P())
+    rows, cols, col_init = sharding.place((rows, cols, col_init), spec)
+    return jax.shard_map(
+        local, mesh=sharding.current_mesh, in_specs=(P(), spec, spec, spec), out_specs=spec,
+        axis_names={axis},
+    )(dynamic, rows, cols, col_init)
+
+
+def stream(
+    coupling: Coupling,
+    block_fn: Callable,
+    rows: PyTree[Array] = (),
+    cols: PyTree[Array] = (),
+    col_init: PyTree[Array] = (),
+    *,
+    width: int,
+    merge=SUM,
+) -> tuple[PyTree[Array], PyTree[Array]]:
+    """One streaming pass over the row blocks of `coupling`.
+
+    `block_fn(blk, rows_block, cols_block) -> (row_out, col_out)`: `blk` is a
+    `Block` of rows (the last block zero-padded, `blk.valid` marks real rows)
+    against columns `blk.y`, `blk.g`; `rows_block` has the leaves of `rows`
+    (per-row arrays, leading dimension n; `None` leaves stay `None`) cut to the
+    block, `cols_block` the leaves of `cols` (per-column arrays, leading
+    dimension m) for the columns of `blk`. `row_out` leaves have leading
+    dimension `blk.x.shape[0]` and are stacked to `(n, ...)`; `col_out` has the
+    structure of `col_init`, leading dimension `blk.y.shape[0]`, and is summed
+    over blocks onto `col_init` (padded rows must contribute zero). `width` is
+    the number of `block x m` arrays a block keeps alive (`Coupling.block`).
+
+    On a sharded coupling `blk` holds one chunk of the columns at a time and a
+    row's results for the chunks combine by `merge`: `SUM` for sums over
+    columns, `LOGSUMEXP` for log-sum-exps over columns.
+    """
+    block = coupling.block(width)
+
+    def scan(consts, rows, cols, col_init):
+        return _scan_blocks(block_fn, consts, rows, cols, col_init, block)
+
+    consts = (coupling.cost, coupling.epsilon)
+    rows = (coupling.x, coupling.f, rows)
+    cols = (coupling.y, coupling.g, cols)
+    if coupling.sharding is None:
+        return scan(consts, rows, cols, col_init)
+    return _ring(scan, coupling.sharding, consts, rows, cols, col_init, merge)
+
+
 def row_logsumexp(coupling: Coupling, g_weights: Float[Array, " m"]) -> Float[Array, " n"]:
     """`LSE_j (w_j - C_ij) / eps` for every row i: the Sinkhorn row update."""
 
-    def block_fn(rows, valid):
-        xb, = rows
-        z = (g_weights[None, :] - coupling.cost.matrix(xb, coupling.y)) / coupling.epsilon
+    def block_fn(blk, rows, cols):
+        (w,) = cols
+        z = (w[None, :] - blk.cost_matrix()) / blk.epsilon
         return jax.nn.logsumexp(z, axis=1), ()
 
-    out, _ = stream(block_fn, (coupling.x,), (), coupling.block(2))
+    out, _ = stream(coupling, block_fn, cols=(g_weights,), width=2, merge=LOGSUMEXP)
     return out
 
 
@@ -75,18 +192,17 @@ def apply(
     coupling: Coupling, v: Float[Array, " m *k"] | None = None, u: Float[Array, " n *k"] | None = None
 ) -> tuple[Float[Array, " n *k"] | None, Float[Array, " m *k"] | None]:
     """`(P @ v, P^T @ u)` in one pass; either input may be `None`."""
-    n, m = coupling.shape
-    dtype = coupling.x.dtype
-    col_init = () if u is None else jnp.zeros((m, *u.shape[1:]), dtype)
-    rows = (coupling.x, coupling.f) if u is None else (coupling.x, coupling.f, u)
+    m = coupling.shape[1]
+    col_init = () if u is None else jnp.zeros((m, *u.shape[1:]), coupling.x.dtype)
 
-    def block_fn(rows, valid):
-        p = coupling.probs(rows[0], rows[1], valid)
-        row_out = () if v is None else jnp.tensordot(p, v, axes=1)
-        col_out = () if u is None else jnp.tensordot(p, rows[2], axes=((0,), (0,)))
+    def block_fn(blk, rows, cols):
+        (ub,), (vc,) = rows, cols
+        p = blk.probs()
+        row_out = () if v is None else jnp.tensordot(p, vc, axes=1)
+        col_out = () if u is None else jnp.tensordot(p, ub, axes=((0,), (0,)))
         return row_out, col_out
 
-    row_out, col_out = stream(block_fn, rows, col_init, coupling.block(2))
+    row_out, col_out = stream(coupling, block_fn, (u,), (v,), col_init, width=2)
     return (None if v is None else row_out), (None if u is None else col_out)
 
 

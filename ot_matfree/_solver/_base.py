@@ -21,6 +21,7 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from .._operators import HOperator
+from .._sharding import auto_partitioned
 
 
 def default_rtol(dtype) -> float:
@@ -96,6 +97,7 @@ class AbstractHSolver(lx.AbstractLinearSolver):
     ) -> tuple[Float[Array, " n"], Float[Array, " m"], lx.RESULTS, dict[str, Array]]:
         """`(df, dg, result, stats)` for the right-hand side `[r; s]`."""
 
+    @auto_partitioned
     def compute(self, state, vector, options):
         n = state.operator.a_hat.shape[0]
         df, dg, result, stats = self.solve_split(state, vector[:n], vector[n:])

@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import error_if_failed
 from .._coupling import Coupling, upstream_status
 from .._operators import HOperator, h_operator
 from .._results import RESULTS
+from .._sharding import auto_partitioned
 from ._schur import NormalisedSchur
 
 
@@ -200,6 +202,7 @@ def compute_spectrum(
 
 
 @eqx.filter_jit
+@auto_partitioned
 def spectrum(
     coupling: Coupling | HOperator,
     k: int,
@@ -253,5 +256,5 @@ def spectrum(
         RESULTS.where(upstream == RESULTS.successful, spec.result, upstream),
     )
     if throw:
-        spec = spec.result.error_if(spec, spec.result != RESULTS.successful)
+        spec = error_if_failed(spec, spec.result)
     return spec

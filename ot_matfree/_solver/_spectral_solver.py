@@ -7,13 +7,14 @@ from jaxtyping import PRNGKeyArray
 
 from .._operators import HOperator
 from .._results import RESULTS
+from .._sharding import auto_partitioned
 from ._base import AbstractHSolver, check_cg_options, check_h_operator
 from ._block_krylov import Spectrum, compute_spectrum
 
 
 # Compiled even when `init` is called eagerly: the block Lanczos is many small
 # operations, 20x slower op by op (0.68 s against 0.03 s at n = 400, rank 20).
-_jit_spectrum = eqx.filter_jit(compute_spectrum)
+_jit_spectrum = eqx.filter_jit(auto_partitioned(compute_spectrum))
 
 
 class SpectralState(eqx.Module):

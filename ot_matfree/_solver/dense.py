@@ -11,6 +11,7 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from .._operators import HOperator
+from .._sharding import auto_partitioned
 from ._base import AbstractHSolver, check_h_operator, fix_gauge, project_range
 
 
@@ -70,6 +71,7 @@ class DenseSolver(AbstractHSolver):
                 f"eigenvalue) or None, got {self.threshold}."
             )
 
+    @auto_partitioned
     def init(self, operator, options) -> DenseState:
         h = check_h_operator(operator).as_matrix()
         root = None

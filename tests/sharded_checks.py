@@ -1,0 +1,166 @@
+"""Sharded runs against single-device runs, on four forced CPU devices.
+
+Run by `tests/test_sharding.py` in a process of its own, with
+`XLA_FLAGS=--xla_force_host_platform_device_count=4` (JAX fixes the device
+count when it starts, and the rest of the suite keeps one device). Every
+public function is called once on single-device inputs (the reference, which
+takes the unsharded path) and once on inputs whose rows are split over the
+four devices; results must agree to `RTOL` (relative, float64) and the
+point-shaped outputs must come back row-sharded. Prints one line per check
+and exits with status 1 if any failed.
+"""
+
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import ot_matfree as om  # noqa: E402
+
+RTOL = 1e-12
+EPS = 0.5
+SOLVER = om.Sinkhorn(tol=1e-13)
+SOLVERS = (om.CG(), om.SpectralCG(rank=4), om.TruncatedSVD(rank=4), om.DenseSolver())
+LOSSES = (om.ot_cost, om.sinkhorn_divergence, om.sinkhorn_distance)
+FAILURES = []
+CLOCK = [time.process_time()]
+
+
+def _seconds() -> str:
+    """CPU seconds since the previous check (compilation included)."""
+    now = time.process_time()
+    elapsed, CLOCK[0] = now - CLOCK[0], now
+    return f"({elapsed:.1f} s)"
+
+
+def problem(n=64, m=48, d=2):
+    """Gaussian clouds with random weights, and tangents for every argument."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 8)
+    x = jax.random.normal(keys[0], (n, d))
+    y = jax.random.normal(keys[1], (m, d)) + 0.5
+    a = jax.random.uniform(keys[2], (n,)) + 0.5
+    b = jax.random.uniform(keys[3], (m,)) + 0.5
+    da, db = jax.random.normal(keys[6], (n,)), jax.random.normal(keys[7], (m,))
+    tangents = (jax.random.normal(keys[4], (n, d)), jax.random.normal(keys[5], (m, d)),
+                da - da.mean(), db - db.mean())
+    return (x, y, a / a.sum(), b / b.sum()), tangents
+
+
+def rows_split(leaf) -> bool:
+    """Whether a concrete array has its rows split over the four devices."""
+    sharding = leaf.sharding
+    return (
+        isinstance(sharding, NamedSharding) and len(sharding.device_set) == 4
+        and len(sharding.spec) > 0 and sharding.spec[0] == "points"
+    )
+
+
+def check(name, sharded, reference, placed=()):
+    """`sharded` equals `reference` leaf by leaf to `RTOL`; the `placed` leaves are row-split."""
+    pairs = zip(jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(reference))
+    errors = [float(jnp.linalg.norm(jnp.ravel(s - r)) / jnp.linalg.norm(jnp.ravel(r)))
+              for s, r in pairs]
+    unplaced = [i for i, leaf in enumerate(placed) if not rows_split(leaf)]
+    ok = all(error <= RTOL for error in errors) and not unplaced  # False on NaN
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: max rel. error {max(errors):.1e}"
+          + (f", not row-sharded: outputs {unplaced}" if unplaced else "") + f" {_seconds()}")
+    if not ok:
+        FAILURES.append(name)
+
+
+def expect_error(name, fn, match):
+    try:
+        fn()
+    except ValueError as error:
+        ok = match in str(error)
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {error}")
+    else:
+        ok = False
+        print(f"FAIL {name}: no error")
+    if not ok:
+        FAILURES.append(name)
+
+
+def coupling_functions(label, args, tangents, sharded_args, sharded_tangents, solvers):
+    """`solve`, `grad`, `grad_x`, `hvp` (with CG) and `hvp_x` (with each of `solvers`)."""
+    ref = om.solve(*args, epsilon=EPS, solver=SOLVER)
+    c = om.solve(*sharded_args, epsilon=EPS, solver=SOLVER)
+    check(f"{label} solve", (c.f, c.g, c.reg_ot_cost), (ref.f, ref.g, ref.reg_ot_cost),
+          (c.x, c.f, c.g))
+    out = om.grad(c)
+    check(f"{label} grad", out, om.grad(ref), out)
+    out = om.grad_x(c)
+    check(f"{label} grad_x", out, om.grad_x(ref), (out,))
+    out = om.hvp(c, *sharded_tangents)
+    check(f"{label} hvp (dx, dy, da, db)", out, om.hvp(ref, *tangents), out)
+    for solver in solvers:
+        out = om.hvp_x(c, sharded_tangents[0], linear_solver=solver)
+        check(f"{label} hvp_x {type(solver).__name__}", out,
+              om.hvp_x(ref, tangents[0], linear_solver=solver), (out,))
+    return c, ref
+
+
+def main():
+    assert jax.device_count() == 4, "run with XLA_FLAGS=--xla_force_host_platform_device_count=4"
+    args, tangents = problem()
+    explicit = jax.make_mesh((4,), ("points",), axis_types=(AxisType.Explicit,))
+    auto = jax.make_mesh((4,), ("points",), axis_types=(AxisType.Auto,))
+
+    def split(mesh, arrays):
+        return tuple(jax.device_put(z, NamedSharding(mesh, P("points"))) for z in arrays)
+
+    # Explicit axes (jax.make_mesh's default): the placement is in the arrays'
+    # types, so it is seen under jit and grad too. JAX wants the mesh set.
+    with jax.set_mesh(explicit):
+        s_args, s_tangents = split(explicit, args), split(explicit, tangents)
+        c, ref = coupling_functions("explicit", args, tangents, s_args, s_tangents, SOLVERS)
+        spec, spec_ref = om.spectrum(c, 4), om.spectrum(ref, 4)
+        check("explicit spectrum", (spec.singular_values, spec.gaps),
+              (spec_ref.singular_values, spec_ref.gaps), (spec.v,))
+
+        def chained(x, y, dx):  # the placement read from tracers' types inside jit
+            return om.hvp_x(om.solve(x, y, epsilon=EPS, solver=SOLVER), dx)
+
+        out = jax.jit(chained)(s_args[0], s_args[1], s_tangents[0])
+        check("explicit jit(solve, hvp_x)", out, chained(args[0], args[1], tangents[0]), (out,))
+
+        for loss in LOSSES:
+            # One compiled call gives the value, the gradient and an HVP.
+            def value_and_grad(*z, loss=loss):
+                value = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+                return value(*z, epsilon=EPS, solver=SOLVER)
+
+            out, d_out = jax.jvp(value_and_grad, s_args, s_tangents)
+            ref, d_ref = jax.jvp(value_and_grad, args, tangents)
+            name = f"explicit {loss.__name__}"
+            check(f"{name} value", out[0], ref[0])
+            check(f"{name} grad", out[1], ref[1], out[1])
+            check(f"{name} jvp(grad)", d_out[1], d_ref[1], d_out[1])
+
+    # Auto axes: the placement is read from concrete arrays (eager calls).
+    s_args, s_tangents = split(auto, args), split(auto, tangents)
+    coupling_functions("auto", args, tangents, s_args, s_tangents, ())
+    check("auto ot_cost value", om.ot_cost(*s_args, epsilon=EPS, solver=SOLVER),
+          om.ot_cost(*args, epsilon=EPS, solver=SOLVER))
+
+    x = split(explicit, args[:1])[0]
+    expect_error("rows not divisible", lambda: om.solve(x, jnp.ones((46, 2)), epsilon=EPS),
+                 "not divisible by the 4 devices")
+    features = jax.device_put(jnp.ones((64, 4)), NamedSharding(explicit, P(None, "points")))
+    expect_error("feature dimension sharded", lambda: om.solve(features, args[1], epsilon=EPS),
+                 "feature dimension")
+    if FAILURES:
+        print(f"{len(FAILURES)} failed: {FAILURES}")
+        sys.exit(1)
+    print("all sharded checks passed")
+
+
+if __name__ == "__main__":
+    main()
