@@ -19,6 +19,10 @@ from ._operators import CouplingOperator as CouplingOperator
 from ._operators import HOperator as HOperator
 from ._operators import coupling_operator as coupling_operator
 from ._operators import h_operator as h_operator
+from ._optim.lanczos import min_hessian_eigenvalue as min_hessian_eigenvalue
+from ._optim.newton_cg import NewtonCG as NewtonCG
+from ._optim.sgd_newton import sgd_newton as sgd_newton
+from ._optim.steihaug import NewtonCGDescent as NewtonCGDescent
 from ._results import RESULTS as RESULTS
 from ._sinkhorn import Sinkhorn as Sinkhorn
 from ._sinkhorn import solve as solve

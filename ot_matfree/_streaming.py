@@ -87,6 +87,10 @@ def _scan_blocks(block_fn, consts, rows, cols, col_init, block):
         )
         return jax.tree_util.tree_map(jnp.add, acc, col_out), row_out
 
+    # Rematerialise blocks under partial evaluation (`jax.linearize`, reverse
+    # mode): saving each block's intermediates for the tangent pass would stack
+    # them into n x m residuals. Plain evaluation and `jax.jvp` are unaffected.
+    body = jax.checkpoint(body, prevent_cse=False)
     col_total, row_out = jax.lax.scan(body, col_init, (blocked, valid))
     row_out = jax.tree_util.tree_map(
         lambda o: o.reshape(num_blocks * block, *o.shape[2:])[:n], row_out

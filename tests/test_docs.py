@@ -18,6 +18,7 @@ API_PAGES = {
     "forward": ["solve", "Sinkhorn", "Coupling", "from_ott", "RESULTS"],
     "derivatives": ["grad", "grad_x", "hvp", "hvp_x", "hessian_x"],
     "losses": ["ot_cost", "sinkhorn_divergence", "sinkhorn_distance"],
+    "optimisers": ["NewtonCG", "NewtonCGDescent", "sgd_newton", "min_hessian_eigenvalue"],
     "solvers": ["AbstractHSolver", "CG", "SpectralCG", "TruncatedSVD", "DenseSolver",
                 "spectrum", "Spectrum"],
     "operators": ["coupling_operator", "h_operator", "CouplingOperator", "HOperator"],
