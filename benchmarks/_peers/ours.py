@@ -15,7 +15,7 @@ SINKHORN_VARIANTS: dict[str, dict] = {
     "Sinkhorn": {},
     "Sinkhorn momentum (adaptive)": {"momentum": "adaptive"},
     "Sinkhorn Anderson (m = 5)": {"anderson": 5},
-    "Sinkhorn epsilon-scaling": {"epsilon_scaling": True},
+    "Sinkhorn epsilon-scaling 0.5 + adaptive momentum": {"epsilon_scaling": 0.5, "momentum": "adaptive"},
 }
 
 
