@@ -19,6 +19,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import jax.numpy as jnp  # noqa: E402
+import optimistix as optx  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -143,6 +144,24 @@ def main():
             check(f"{name} value", out[0], ref[0])
             check(f"{name} grad", out[1], ref[1], out[1])
             check(f"{name} jvp(grad)", d_out[1], d_ref[1], d_out[1])
+
+        # NewtonCG on a loss of sharded clouds: the parameters are replicated,
+        # every Sinkhorn solve and HVP inside runs sharded.
+        def registration(A, clouds):
+            x, y = clouds
+            return om.sinkhorn_divergence(x @ A, y, epsilon=EPS, solver=SOLVER)
+
+        def newton(clouds):
+            solver = om.NewtonCG(rtol=1e-10, atol=1e-10)
+            sol = optx.minimise(registration, solver, 1.1 * jnp.eye(2), clouds, max_steps=3,
+                                throw=False)
+            return sol.value, sol.stats["num_hvps"]
+
+        (out, hvps), (ref, hvps_ref) = newton(s_args[:2]), newton(args[:2])
+        check("explicit NewtonCG (3 steps)", out, ref)
+        if int(hvps) != int(hvps_ref):
+            print(f"FAIL NewtonCG HVP counts differ: {int(hvps)} vs {int(hvps_ref)}")
+            FAILURES.append("NewtonCG HVP count")
 
     # Auto axes: the placement is read from concrete arrays (eager calls).
     s_args, s_tangents = split(auto, args), split(auto, tangents)
