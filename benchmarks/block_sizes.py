@@ -135,8 +135,8 @@ def main():
     text = (
         f"# Time per element of a streaming pass against rows per block\n\n"
         f"n = m = {n}, d = {d}, device {common.device_string()}; other jobs shared the cores "
-        f"(timings under load, median of {args.repeats}, all candidates timed in turns). `x bare` is the ratio to the fastest "
-        f"bare-exp scan (the floor of a pass).\n\n"
+        f"(timings under load, median of {args.repeats}, all candidates timed in turns). "
+        f"`x bare` is the ratio to the fastest bare-exp scan (the floor of a pass).\n\n"
         + common.markdown_table(["dtype", "pass", "rows/block", "ns/element", "x bare"], rows)
         + "\n\n## Fastest block per pass\n\n"
         + common.markdown_table(["dtype", "pass", "rows/block", "ns/element"], best)

@@ -19,16 +19,23 @@ from ._sharding import RowSharding
 #: busy; unmeasured (no GPU was available when the CPU budgets were set).
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
-#: CPU budgets per reduction kind, in bytes per block (`benchmarks/block_sizes.py`
-#: measured them: time per element of each pass against rows per block at
-#: n = m = 10,000). Blocks far larger than the caches spend their time moving
-#: `exp` results through memory; blocks far smaller lose the two-core
-#: parallelism of the matrix products.
+#: CPU budgets per reduction kind, in bytes per block, from
+#: `benchmarks/block_sizes.py` (time per element of each pass against rows per
+#: block at n = m = 10,000, 2-core CPU under load; results/block_sizes_cpu.md).
+#: Blocks far larger than the caches spend their time moving `exp` results
+#: through memory: from 32 to 4,096 rows every pass got 3x to 11x slower. The
+#: optimum was one block of about 5 MB: 32 rows in float64 (log-sum-exp,
+#: `P @ v`, the one-pass Schur product) and 64 rows in float32 (`P @ v`,
+#: Schur); the log-sum-exp pass then ran at the speed of the bare exps. The
+#: per-pair reductions keep 4 or more arrays per block and get 10 MiB (32 rows
+#: of float64 at m = 10,000 for the squared Euclidean cost). On an idle
+#: machine the matrix-product passes may prefer somewhat larger blocks (two
+#: cores to share a block); `block_size="auto"` measures that.
 CPU_BLOCK_BYTES = {
-    "logsumexp": 64 * 2**20,
-    "apply": 64 * 2**20,
-    "schur": 64 * 2**20,
-    "pairs": 64 * 2**20,
+    "logsumexp": 5 * 2**20,
+    "apply": 5 * 2**20,
+    "schur": 5 * 2**20,
+    "pairs": 10 * 2**20,
 }
 
 #: Bytes per block chosen by `block_size="auto"`, filled by
@@ -139,7 +146,7 @@ class Coupling(eqx.Module):
         if self.sharding is not None:
             n, m = n // self.sharding.size, m // self.sharding.size
         tuned = None
-        if self.block_size == "auto":
+        if self.block_size == "auto" and self.sharding is None:
             key = self.tune_key(kind)
             # Reductions that were not timed themselves (per-pair ones) take the
             # bytes per block measured for `P @ v`.

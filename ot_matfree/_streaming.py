@@ -296,7 +296,7 @@ def autotune(coupling: Coupling, kind: str, *, repeats: int = 3) -> int:
         times = {}
         for block in candidates:
             c = Coupling(x, y, w / rows, v * 0 + 1 / m, w * 0, v * 0, jnp.ones((), dtype),
-                         coupling.cost, block_size=block)
+                         coupling.cost, block_size=block)  # P = exp(-C)
             run = jax.jit(lambda c: _TUNED_PASSES[kind](c, v, w))
             jax.block_until_ready(run(c))  # compile
             samples = []

@@ -67,8 +67,10 @@ def test_normalised_schur_one_pass_equals_two_passes(n, m):
     two_passes = schur.project(z - schur.pt_rmv(schur.pt_mv(z)))
     assert rel_err(schur.mv(z), two_passes) < 1e-13
     zs = jax.random.normal(jax.random.PRNGKey(4), (min(n, m), 3))
-    assert rel_err(schur.gram(zs), jax.vmap(lambda v: schur.pt_rmv(schur.pt_mv(v)), 1, 1)(zs)) < 1e-13
+    columns = jax.vmap(lambda v: schur.pt_rmv(schur.pt_mv(v)), 1, 1)(zs)
+    assert rel_err(schur.gram(zs), columns) < 1e-13
     mv, image = schur.mv_and_image(z)
+    assert rel_err(mv, two_passes) < 1e-13
     assert rel_err(image, schur.q_op.mv(z / jnp.sqrt(schur.q))) < 1e-13
 
 
@@ -216,3 +218,23 @@ def test_block_size_auto_is_validated():
     x, y, a, b = problem(0, 5, 4, 2)
     with pytest.raises(TypeError, match="block_size"):
         om.solve(x, y, epsilon=0.5, block_size="fast")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["passes.py", "block_sizes.py"])
+def test_benchmark_smoke(script, tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "result.md"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "| n" in text or "| dtype" in text
