@@ -119,17 +119,19 @@ def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
     return error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
 
 
-def check_block_size(block_size) -> int | None:
-    """`None` or a positive Python/NumPy integer, returned as a Python `int`."""
-    if block_size is None:
-        return None
+def check_block_size(block_size) -> int | str | None:
+    """`None`, `"auto"`, or a positive Python/NumPy integer, returned as a Python `int`."""
+    if block_size is None or (isinstance(block_size, str) and block_size == "auto"):
+        return block_size
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise TypeError(
-            f"`block_size` must be a positive integer or None, got {block_size!r} "
+            f"`block_size` must be a positive integer, \"auto\" or None, got {block_size!r} "
             f"({type(block_size).__name__}); it fixes array shapes, so it cannot be traced."
         )
     if block_size < 1:
-        raise ValueError(f"`block_size` must be a positive integer or None, got {block_size}.")
+        raise ValueError(
+            f"`block_size` must be a positive integer, \"auto\" or None, got {block_size}."
+        )
     return int(block_size)
 
 

@@ -7,24 +7,69 @@ their diagnostics.
 """
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._costs import AbstractCost
 from ._results import RESULTS
 from ._sharding import RowSharding
 
-#: Working memory a single block may use, in bytes, when no block size is given.
+#: Working memory a single block may use, in bytes, when no block size is given,
+#: on backends other than the CPU (GPU, TPU): large blocks keep the device
+#: busy; unmeasured (no GPU was available when the CPU budgets were set).
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
+#: CPU budgets per reduction kind, in bytes per block, from
+#: `benchmarks/block_sizes.py` (time per element of each pass against rows per
+#: block at n = m = 10,000, 2-core CPU under load; results/block_sizes_cpu.md).
+#: Blocks far larger than the caches spend their time moving `exp` results
+#: through memory: from 32 to 4,096 rows every pass got 3x to 11x slower. The
+#: optimum was one block of about 5 MB: 32 rows in float64 (log-sum-exp,
+#: `P @ v`, the one-pass Schur product) and 64 rows in float32 (`P @ v`,
+#: Schur); the log-sum-exp pass then ran at the speed of the bare exps. The
+#: per-pair reductions keep 4 or more arrays per block and get 10 MiB (32 rows
+#: of float64 at m = 10,000 for the squared Euclidean cost). On an idle
+#: machine the matrix-product passes may prefer somewhat larger blocks (two
+#: cores to share a block); `block_size="auto"` measures that.
+CPU_BLOCK_BYTES = {
+    "logsumexp": 5 * 2**20,
+    "apply": 5 * 2**20,
+    "schur": 5 * 2**20,
+    "pairs": 10 * 2**20,
+}
 
-def block_rows(n: int, m: int, width: int, itemsize: int, block_size: int | None) -> int:
-    """Rows per block: `block_size` if given, else as many as fit the budget.
+#: Bytes per block chosen by `block_size="auto"`, filled by
+#: `ot_matfree._streaming.autotune` and keyed by `tune_key`.
+TUNED_BYTES: dict[tuple, int] = {}
 
-    `width` is the number of `block x m` arrays a reduction keeps alive.
+
+def tune_key(kind: str, n: int, m: int, d: int, dtype, cost, backend: str) -> tuple:
+    """The key of `TUNED_BYTES`: one choice per reduction, shape, dtype, cost type
+    and backend."""
+    return (kind, n, m, d, str(dtype), type(cost).__name__, backend)
+
+
+def block_rows(
+    n: int, m: int, width: int, itemsize: int, block_size: int | str | None,
+    kind: str = "pairs", tuned_bytes: int | None = None,
+) -> int:
+    """Rows per block: `block_size` if it is an integer, else as many as fit
+    the budget.
+
+    `width` is the number of `block x m` arrays a reduction keeps alive and
+    `kind` picks the budget: `CPU_BLOCK_BYTES[kind]` on the CPU,
+    `DEFAULT_BLOCK_BYTES` elsewhere, or `tuned_bytes` (measured by
+    `autotune` for `block_size="auto"`) when given.
     """
-    if block_size is not None:
+    if isinstance(block_size, int):
         return min(block_size, n)
-    rows = DEFAULT_BLOCK_BYTES // max(1, m * width * itemsize)
+    if tuned_bytes is not None:
+        budget = tuned_bytes
+    elif jax.default_backend() == "cpu":
+        budget = CPU_BLOCK_BYTES.get(kind, DEFAULT_BLOCK_BYTES)
+    else:
+        budget = DEFAULT_BLOCK_BYTES
+    rows = budget // max(1, m * width * itemsize)
     return int(min(n, max(1, rows)))
 
 
@@ -45,7 +90,9 @@ class Coupling(eqx.Module):
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).
     - `result`: an `ot_matfree.RESULTS` status (`successful`, or
       `sinkhorn_max_iters_reached`).
-    - `block_size`: rows per streaming block (`None`: chosen from a memory budget).
+    - `block_size`: rows per streaming block (`None`: chosen per reduction
+      from a memory budget; `"auto"`: measured once per reduction and shape,
+      see `ot_matfree._streaming.autotune`).
     - `sharding`: how the rows of `x` and `y` are split over devices (a
       `RowSharding`, read by `solve` and `from_ott` from the inputs'
       placement; `None`: one device). Every streaming pass follows it.
@@ -67,7 +114,7 @@ class Coupling(eqx.Module):
     marginal_error: Float[Array, ""] | None = None
     reg_ot_cost: Float[Array, ""] | None = None
     result: RESULTS | None = None
-    block_size: int | None = eqx.field(static=True, default=None)
+    block_size: int | str | None = eqx.field(static=True, default=None)
     sharding: RowSharding | None = eqx.field(static=True, default=None)
 
     @property
@@ -88,8 +135,9 @@ class Coupling(eqx.Module):
             block_size=self.block_size, sharding=self.sharding,
         )
 
-    def block(self, width: int) -> int:
-        """Rows per block for a reduction keeping `width` arrays of `block x m` alive.
+    def block(self, width: int, kind: str = "pairs") -> int:
+        """Rows per block for a reduction of `kind` keeping `width` arrays of
+        `block x m` alive (`block_rows`).
 
         Sharded over `D` devices, a block is `block x (m / D)` (one chunk of
         the columns) and each device has `n / D` rows.
@@ -97,7 +145,18 @@ class Coupling(eqx.Module):
         n, m = self.shape
         if self.sharding is not None:
             n, m = n // self.sharding.size, m // self.sharding.size
-        return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size)
+        tuned = None
+        if self.block_size == "auto" and self.sharding is None:
+            key = self.tune_key(kind)
+            # Reductions that were not timed themselves (per-pair ones) take the
+            # bytes per block measured for `P @ v`.
+            tuned = TUNED_BYTES.get(key, TUNED_BYTES.get(self.tune_key("apply")))
+        return block_rows(n, m, width, self.x.dtype.itemsize, self.block_size, kind, tuned)
+
+    def tune_key(self, kind: str) -> tuple:
+        n, m = self.shape
+        return tune_key(kind, n, m, self.x.shape[1], self.x.dtype, self.cost,
+                        jax.default_backend())
 
 
 def upstream_status(coupling: Coupling) -> RESULTS:

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float
 
 from ._checks import check_tangent, error_if, error_if_failed
 from ._coupling import Coupling, upstream_status
-from ._operators import h_operator
+from ._operators import HOperator, h_operator
 from ._pair_reductions import gradients, tangent_gradients, tangent_marginals
 from ._results import RESULTS
 from ._sharding import auto_partitioned
@@ -73,10 +73,12 @@ def check_linear_solver(linear_solver) -> None:
         )
 
 
-def _checked_state(coupling: Coupling, linear_solver, state):
-    """`state` if it was made from `coupling`'s H-matrix, else a fresh one."""
+def _checked_state(coupling: Coupling, linear_solver, state, operator=None):
+    """`state` if it was made from `coupling`'s H-matrix, else a fresh one
+    (from `operator` when the caller already has it)."""
     if state is None:
-        return linear_solver.init(h_operator(coupling), {})
+        operator = h_operator(coupling) if operator is None else operator
+        return linear_solver.init(operator, {})
     operator = getattr(state, "operator", None)
     held = getattr(operator, "coupling", None)
     if not isinstance(held, Coupling) or held.shape != coupling.shape:
@@ -94,15 +96,18 @@ def _checked_state(coupling: Coupling, linear_solver, state):
 
 
 def solve_h(
-    coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool
+    coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool,
+    operator: HOperator | None = None,
 ):
     """`H^+ [r; s]` for the H-matrix of `coupling`: `(df, dg, stats)`.
 
     `stats["result"]` is `successful`, `coupling_not_converged` (the
     coupling's own solve failed) or `linear_solve_failed`; with `throw` a
-    failure raises through every output.
+    failure raises through every output. `operator`: the H-matrix of
+    `coupling` when the caller has already computed its marginals (used
+    only when `state` is `None`).
     """
-    state = _checked_state(coupling, linear_solver, state)
+    state = _checked_state(coupling, linear_solver, state, operator)
     df, dg, solve_result, stats = linear_solver.solve_split(state, r, s)
     upstream = upstream_status(coupling)
     failed = RESULTS.where(
@@ -115,14 +120,71 @@ def solve_h(
     return df, dg, stats
 
 
+def _batch_size(tangents: dict, shapes: dict) -> int | None:
+    """`k` when the given tangents carry a leading batch axis of size `k`, else `None`."""
+    sizes = set()
+    for name, t in tangents.items():
+        if t is None:
+            continue
+        ndim = jnp.ndim(t)
+        if ndim == len(shapes[name]) + 1:
+            sizes.add(jnp.shape(t)[0])
+        elif ndim != len(shapes[name]):
+            raise ValueError(
+                f"`{name}` must have shape {shapes[name]}, or (k, *{shapes[name]}) for k "
+                f"tangents at once, got {jnp.shape(t)}."
+            )
+    batched = [name for name, t in tangents.items()
+               if t is not None and jnp.ndim(t) == len(shapes[name]) + 1]
+    if not batched:
+        return None
+    if len(sizes) > 1 or len(batched) < sum(t is not None for t in tangents.values()):
+        got = {name: jnp.shape(t) for name, t in tangents.items() if t is not None}
+        raise ValueError(
+            "Batched tangents: every given tangent needs the same leading batch axis "
+            f"(shapes (k, ...)); got {got}."
+        )
+    return sizes.pop()
+
+
+def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
+    """`hvp` for one tangent (checked, `None` for zero): `(out, stats)`."""
+    eps = coupling.epsilon
+    # The cost's first derivatives enter here: check them before the H-solve,
+    # whose own failure would otherwise be reported first. Without a solver
+    # state the same pass gives H's marginals.
+    operator = None
+    if solver_state is None:
+        r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, with_marginals=True)
+        operator = HOperator(coupling, a_hat, b_hat)
+    else:
+        r, s = tangent_marginals(coupling, dx, dy)
+    r, s = check_finite((r, s), coupling, throw)
+    if da is not None:
+        r = r + eps * da
+    if db is not None:
+        s = s + eps * db
+    df, dg, stats = solve_h(
+        coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw,
+        operator=operator,
+    )
+    out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
+    # A non-finite cost derivative is the root cause of any failure it leads to.
+    finite = finite_status((r, s, out_x, out_y))
+    stats["result"] = RESULTS.where(finite == RESULTS.successful, stats["result"], finite)
+    out_a = df if da is None else df - eps * da / coupling.a
+    out_b = dg if db is None else dg - eps * db / coupling.b
+    return (out_x, out_y, out_a, out_b), stats
+
+
 @eqx.filter_jit
 @auto_partitioned
 def hvp(
     coupling: Coupling,
-    dx: Float[Array, "n d"] | None = None,
-    dy: Float[Array, "m d"] | None = None,
-    da: Float[Array, " n"] | None = None,
-    db: Float[Array, " m"] | None = None,
+    dx: Float[Array, "*k n d"] | None = None,
+    dy: Float[Array, "*k m d"] | None = None,
+    da: Float[Array, "*k n"] | None = None,
+    db: Float[Array, "*k m"] | None = None,
     *,
     linear_solver: AbstractHSolver = CG(),
     solver_state=None,
@@ -140,7 +202,11 @@ def hvp(
     **Arguments:**
 
     - `coupling`: a solved `Coupling`.
-    - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,).
+    - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,);
+      or `k` tangents at once, each given tangent with a leading batch axis
+      (shapes (k, n, d), ...). A batch shares every block of `P` (each exp is
+      computed once for all `k`), and the `k` H-solves run together (one CG
+      per column, stopping when the last has converged).
     - `linear_solver`: how H is solved (`CG()`, `SpectralCG()`,
       `TruncatedSVD()`, `DenseSolver()`).
     - `solver_state`: `linear_solver.init(h_operator(coupling), {})`,
@@ -149,48 +215,43 @@ def hvp(
       `None`: set up inside this call.
     - `return_stats`: also return the solver's stats dict (`num_steps`,
       `residual`, `converged`, `result`, ...). `converged` describes the
-      H-solve alone; `result` also covers the coupling's own status.
+      H-solve alone; `result` also covers the coupling's own status. For a
+      batch, every entry has a leading axis of size `k` (per-column steps,
+      residuals and statuses).
     - `throw`: raise (also under `jit`) when the H-solve does not converge,
       the coupling's own Sinkhorn solve did not, or a derivative of the cost
       is not finite where the coupling has mass. With `throw=False` the
       status is `stats["result"]` (an `ot_matfree.RESULTS`).
 
-    **Returns:** the four output tangents, and the stats dict if
-    `return_stats`.
+    **Returns:** the four output tangents (with the batch axis of the
+    tangents, if any), and the stats dict if `return_stats`.
     """
     check_linear_solver(linear_solver)
     (n, d), m = coupling.x.shape, coupling.y.shape[0]
     dtype = coupling.x.dtype
-
+    shapes = {"dx": (n, d), "dy": (m, d), "da": (n,), "db": (m,)}
+    given = {"dx": dx, "dy": dy, "da": da, "db": db}
+    k = _batch_size(given, shapes)
     # Zero tangents stay `None` so the reductions skip their terms.
-    dx = None if dx is None else check_tangent("dx", dx, (n, d), dtype)
-    dy = None if dy is None else check_tangent("dy", dy, (m, d), dtype)
-    da = None if da is None else check_tangent("da", da, (n,), dtype)
-    db = None if db is None else check_tangent("db", db, (m,), dtype)
-    eps = coupling.epsilon
-    # The cost's first derivatives enter here: check them before the H-solve,
-    # whose own failure would otherwise be reported first.
-    r, s = check_finite(tangent_marginals(coupling, dx, dy), coupling, throw)
-    if da is not None:
-        r = r + eps * da
-    if db is not None:
-        s = s + eps * db
-    df, dg, stats = solve_h(
-        coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw
+    dx, dy, da, db = (
+        None if t is None
+        else check_tangent(name, t, shapes[name] if k is None else (k, *shapes[name]), dtype)
+        for name, t in given.items()
     )
-    out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
-    # A non-finite cost derivative is the root cause of any failure it leads to.
-    finite = finite_status((r, s, out_x, out_y))
-    stats["result"] = RESULTS.where(finite == RESULTS.successful, stats["result"], finite)
-    out_a = df if da is None else df - eps * da / coupling.a
-    out_b = dg if db is None else dg - eps * db / coupling.b
-    out = (out_x, out_y, out_a, out_b)
+
+    def one(dx, dy, da, db):
+        return _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw)
+
+    # A batch is `vmap` of the single HVP: everything that does not depend on
+    # the tangents (the blocks of P, H's marginals, a solver's set-up) is
+    # computed once, and each block's products take all k columns at once.
+    out, stats = one(dx, dy, da, db) if k is None else jax.vmap(one)(dx, dy, da, db)
     return (out, stats) if return_stats else out
 
 
 def hvp_x(
     coupling: Coupling,
-    v: Float[Array, "n d"],
+    v: Float[Array, "*k n d"],
     *,
     linear_solver: AbstractHSolver = CG(),
     solver_state=None,
@@ -199,7 +260,9 @@ def hvp_x(
 ):
     """Hessian-vector product of `reg_ot_cost` w.r.t. the source points.
 
-    `H_xx v`, shape (n, d), matrix-free. Arguments as for `hvp`. With
+    `H_xx v`, shape (n, d), matrix-free; for `v` of shape (k, n, d), the `k`
+    products, shape (k, n, d), sharing every exp (see `hvp`). Arguments as
+    for `hvp`. With
     `return_stats=True` returns `(hv, stats)`; `stats["num_steps"]` counts
     solver iterations, `stats["residual"]` is the final relative residual
     and `stats["result"]` the status.

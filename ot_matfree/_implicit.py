@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ._config import Config
 from ._hvp import solve_h
-from ._operators import h_operator
+from ._operators import HOperator, h_operator
 from ._pair_reductions import tangent_marginals
 
 #: Raised when a second derivative is requested in reverse mode.
@@ -66,10 +66,14 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     tx, ty, ta, tb, t_eps = tangents
     check_no_epsilon_tangent(t_eps)
     coupling = config.solve(x, y, a, b, epsilon)
-    r, s = tangent_marginals(coupling, tx, ty)  # `None` tangents: terms skipped
+    # `None` tangents: terms skipped. H's marginals come from the same pass.
+    r, s, a_hat, b_hat = tangent_marginals(coupling, tx, ty, with_marginals=True)
     r = r + epsilon * _zeros(ta, a)
     s = s + epsilon * _zeros(tb, b)
-    df, dg, _ = solve_h(coupling, r, s, linear_solver=config.linear_solver, throw=config.throw)
+    df, dg, _ = solve_h(
+        coupling, r, s, linear_solver=config.linear_solver, throw=config.throw,
+        operator=HOperator(coupling, a_hat, b_hat),
+    )
     return (coupling.f, coupling.g), forward_only((df, dg))
 
 

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 
 from ._costs import AbstractCost, SqEuclidean
 from ._coupling import Coupling
-from ._streaming import stream
+from ._streaming import marginals, stream
 
 
 def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
@@ -100,24 +100,44 @@ def gradients(coupling: Coupling) -> tuple[Float[Array, "n d"], Float[Array, "m 
 
 
 def tangent_marginals(
-    coupling: Coupling, dx: Float[Array, "n d"] | None, dy: Float[Array, "m d"] | None
-) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+    coupling: Coupling,
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
+    *,
+    with_marginals: bool = False,
+):
     """`(sum_j P_ij dC_ij, sum_i P_ij dC_ij)`, the point part of the HVP's
     right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`.
-    `None` tangents are zero."""
+    `None` tangents are zero.
+
+    With `with_marginals`, also `(P 1, P^T 1)` from the same pass (the
+    H-matrix's diagonal, which the HVP needs next): returns `(r, s, P 1, P^T 1)`.
+    """
     (n, _), (m, d) = coupling.x.shape, coupling.y.shape
+    dtype = coupling.x.dtype
     if dx is None and dy is None:
-        return jnp.zeros((n,), coupling.x.dtype), jnp.zeros((m,), coupling.x.dtype)
+        zeros = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
+        return (*zeros, *marginals(coupling)) if with_marginals else zeros
 
     def block_fn(blk, rows, cols):
         (dxb,), (dyc,) = rows, cols
-        pdc = blk.probs() * _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
-        return jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        p = blk.probs()
+        pdc = p * _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
+        row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        if not with_marginals:
+            return row, col
+        return (row, jnp.sum(p, axis=1)), (col, jnp.sum(p, axis=0))
 
-    col_init = jnp.zeros((m,), coupling.x.dtype)
-    return stream(
+    col_init = jnp.zeros((m,), dtype)
+    if with_marginals:
+        col_init = (col_init, col_init)
+    rows, cols = stream(
         coupling, block_fn, (dx,), (dy,), col_init, width=block_width(coupling.cost, d)
     )
+    if not with_marginals:
+        return rows, cols
+    (r, a_hat), (s, b_hat) = rows, cols
+    return r, s, a_hat, b_hat
 
 
 def tangent_gradients(

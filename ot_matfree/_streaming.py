@@ -20,7 +20,10 @@ data each device receives per pass is the same (the other cloud, once), and
 the next chunk is sent while the current one is processed.
 """
 
+import dataclasses
 import math
+import statistics
+import time
 from collections.abc import Callable
 
 import equinox as eqx
@@ -30,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, PyTree
 
 from ._costs import AbstractCost
-from ._coupling import Coupling
+from ._coupling import TUNED_BYTES, Coupling
 from ._sharding import RowSharding
 
 #: How the per-row results of two column chunks combine (sharded streams), with
@@ -144,6 +147,7 @@ def stream(
     col_init: PyTree[Array] = (),
     *,
     width: int,
+    kind: str = "pairs",
     merge=SUM,
 ) -> tuple[PyTree[Array], PyTree[Array]]:
     """One streaming pass over the row blocks of `coupling`.
@@ -157,13 +161,17 @@ def stream(
     dimension `blk.x.shape[0]` and are stacked to `(n, ...)`; `col_out` has the
     structure of `col_init`, leading dimension `blk.y.shape[0]`, and is summed
     over blocks onto `col_init` (padded rows must contribute zero). `width` is
-    the number of `block x m` arrays a block keeps alive (`Coupling.block`).
+    the number of `block x m` arrays a block keeps alive and `kind` the
+    reduction's kind (`"logsumexp"`, `"apply"`, `"schur"`, `"pairs"`), which
+    picks its default block size (`Coupling.block`).
 
     On a sharded coupling `blk` holds one chunk of the columns at a time and a
     row's results for the chunks combine by `merge`: `SUM` for sums over
     columns, `LOGSUMEXP` for log-sum-exps over columns.
     """
-    block = coupling.block(width)
+    if coupling.block_size == "auto" and coupling.sharding is None:
+        autotune(coupling, kind)
+    block = coupling.block(width, kind)
 
     def scan(consts, rows, cols, col_init):
         return _scan_blocks(block_fn, consts, rows, cols, col_init, block)
@@ -184,7 +192,9 @@ def row_logsumexp(coupling: Coupling, g_weights: Float[Array, " m"]) -> Float[Ar
         z = (w[None, :] - blk.cost_matrix()) / blk.epsilon
         return jax.nn.logsumexp(z, axis=1), ()
 
-    out, _ = stream(coupling, block_fn, cols=(g_weights,), width=2, merge=LOGSUMEXP)
+    out, _ = stream(
+        coupling, block_fn, cols=(g_weights,), width=2, kind="logsumexp", merge=LOGSUMEXP
+    )
     return out
 
 
@@ -202,8 +212,41 @@ def apply(
         col_out = () if u is None else jnp.tensordot(p, ub, axes=((0,), (0,)))
         return row_out, col_out
 
-    row_out, col_out = stream(coupling, block_fn, (u,), (v,), col_init, width=2)
+    row_out, col_out = stream(coupling, block_fn, (u,), (v,), col_init, width=2, kind="apply")
     return (None if v is None else row_out), (None if u is None else col_out)
+
+
+def schur_apply(
+    coupling: Coupling, z: Float[Array, " m *k"], w: Float[Array, " n"]
+) -> tuple[Float[Array, " n *k"], Float[Array, " m *k"]]:
+    """`(P z, P^T ((P z) * w))`, each block of `P` formed once.
+
+    The Schur-complement product of the H-solvers (`_solver/_schur.py`) on the
+    coupling oriented (larger side) x (smaller side): a row block's `P_b z`
+    is complete within the block (it sums over all columns), so
+    `P_b^T ((P_b z) * w_b)` accumulates over the column side in the same
+    scan step, and every exp is computed once per product, where
+    `P^T (w * (P z))` as two `apply` passes computes each twice.
+
+    On a sharded coupling a block holds one chunk of the columns at a time,
+    and `P_b z` is complete only after the whole ring: there the product is
+    two passes (`apply` twice), with the same result up to rounding.
+    """
+    if coupling.sharding is not None:
+        pz, _ = apply(coupling, v=z)
+        _, out = apply(coupling, u=pz * w.reshape(w.shape + (1,) * (pz.ndim - 1)))
+        return pz, out
+    m = coupling.shape[1]
+    col_init = jnp.zeros((m, *z.shape[1:]), coupling.x.dtype)
+
+    def block_fn(blk, rows, cols):
+        (wb,), (zc,) = rows, cols
+        p = blk.probs()
+        pz = jnp.tensordot(p, zc, axes=1)
+        scaled = pz * wb.reshape(wb.shape + (1,) * (pz.ndim - 1))
+        return pz, jnp.tensordot(p, scaled, axes=((0,), (0,)))
+
+    return stream(coupling, block_fn, (w,), (z,), col_init, width=2, kind="schur")
 
 
 def marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
@@ -211,3 +254,61 @@ def marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array, " m"
     n, m = coupling.shape
     dtype = coupling.x.dtype
     return apply(coupling, jnp.ones((m,), dtype), jnp.ones((n,), dtype))
+
+
+#: Rows per block `autotune` tries (and the budget's own choice).
+TUNE_CANDIDATES = (32, 128, 512, 2048)
+#: `autotune` times a pass over at most this many rows (the time per element
+#: of a block does not depend on how many blocks follow).
+TUNE_ROWS = 4096
+_TUNED_PASSES = {
+    "logsumexp": lambda c, v, w: row_logsumexp(c, v),
+    "apply": lambda c, v, w: apply(c, v=v)[0],
+    "schur": lambda c, v, w: schur_apply(c, v, w)[1],
+}
+
+
+def autotune(coupling: Coupling, kind: str, *, repeats: int = 3) -> int:
+    """Bytes per block for reductions of `kind` on couplings shaped like
+    `coupling` (`block_size="auto"`): measured once, then cached in
+    `ot_matfree._coupling.TUNED_BYTES`.
+
+    Times a pass of `kind` (`"logsumexp"`, `"apply"` or `"schur"`; others
+    take the choice for `"apply"`) at each of `TUNE_CANDIDATES` rows per block
+    and at the default budget's, on random points of the coupling's shape,
+    dtype and cost (at most `TUNE_ROWS` rows: the time per element is the
+    same for more), and keeps the fastest. It never looks at the coupling's
+    values, so it runs the same inside `jit` (at trace time, once per shape;
+    `jax.ensure_compile_time_eval` runs the timing eagerly) as outside.
+    """
+    if kind not in _TUNED_PASSES:
+        kind = "apply"
+    key = coupling.tune_key(kind)
+    if key in TUNED_BYTES:
+        return TUNED_BYTES[key]
+    (n, d), m = coupling.x.shape, coupling.shape[1]
+    dtype = coupling.x.dtype
+    rows = min(n, TUNE_ROWS)
+    default = dataclasses.replace(coupling, block_size=None).block(2, kind)
+    candidates = sorted({min(c, rows) for c in (*TUNE_CANDIDATES, default)})
+    with jax.ensure_compile_time_eval():
+        kx, ky, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+        x = jax.random.uniform(kx, (rows, d), dtype)
+        y = jax.random.uniform(ky, (m, d), dtype)
+        v = jax.random.normal(kv, (m,), dtype)
+        w = jnp.ones((rows,), dtype)
+        times = {}
+        for block in candidates:
+            c = Coupling(x, y, w / rows, v * 0 + 1 / m, w * 0, v * 0, jnp.ones((), dtype),
+                         coupling.cost, block_size=block)  # P = exp(-C)
+            run = jax.jit(lambda c: _TUNED_PASSES[kind](c, v, w))
+            jax.block_until_ready(run(c))  # compile
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(run(c))
+                samples.append(time.perf_counter() - t0)
+            times[block] = statistics.median(samples)
+    best = min(times, key=times.get)
+    TUNED_BYTES[key] = best * m * 2 * dtype.itemsize
+    return TUNED_BYTES[key]

@@ -132,6 +132,11 @@ def main():
         out = jax.jit(chained)(s_args[0], s_args[1], s_tangents[0])
         check("explicit jit(solve, hvp_x)", out, chained(args[0], args[1], tangents[0]), (out,))
 
+        # Batched tangents (the batch axis whole, the rows split).
+        batch = jnp.stack([tangents[0], 2 * tangents[0] + 1])
+        s_batch = jax.device_put(batch, NamedSharding(explicit, P(None, "points")))
+        check("explicit hvp_x, 2 tangents at once", om.hvp_x(c, s_batch), om.hvp_x(ref, batch))
+
         for loss in LOSSES:
             # One compiled call gives the value, the gradient and an HVP.
             def value_and_grad(*z, loss=loss):

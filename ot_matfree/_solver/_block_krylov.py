@@ -167,7 +167,7 @@ def compute_spectrum(
 
     def grow(j, basis):
         block = jax.lax.dynamic_slice_in_dim(basis, j * width, width, axis=1)
-        z = pt_rmv(pt_mv(block))
+        z = schur.gram(block)  # Pt^T Pt in one pass
         z = _orthogonalise(z, jnp.concatenate([null, basis], axis=1))
         return jax.lax.dynamic_update_slice_in_dim(basis, z, (j + 1) * width, axis=1)
 

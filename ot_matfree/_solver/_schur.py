@@ -7,6 +7,12 @@ this is `N = I - Pt^T Pt` with `Pt = diag(p)^-1/2 Q diag(q)^-1/2`, whose
 eigenvalues are `1 - s_k^2` for the singular values `s_k` of `Pt`
 (`s_1 = 1`, null vector `sqrt(q)`). CG on `N` is CG on `S` with a Jacobi
 preconditioner; the spectral solvers work with `Pt` directly.
+
+`Pt^T Pt z` is one streaming pass (`_streaming.schur_apply`): the coupling
+`Q` is streamed with the larger side as its rows (`P` itself, or
+`Coupling.transpose()` when `m > n`), so each row block's `Q_b y` is
+complete in its block, `diag(1/p)` applies there, and `Q_b^T (Q_b y / p_b)`
+accumulates over the smaller side; every exp is computed once per CG step.
 """
 
 import equinox as eqx
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._operators import CouplingOperator, HOperator
+from .._streaming import schur_apply
 from ._base import fix_gauge
 
 
@@ -50,8 +57,24 @@ class NormalisedSchur(eqx.Module):
     def pt_rmv(self, w: Float[Array, " big"]) -> Float[Array, " small"]:
         return self.q_op.T.mv(w / jnp.sqrt(self.p)) / jnp.sqrt(self.q)
 
+    def _products(self, z: Float[Array, " small *k"]):
+        """`(Q y, Pt^T Pt z)` with `y = z / sqrt(q)`, in one streaming pass."""
+        root_q = jnp.sqrt(self.q).reshape((-1,) + (1,) * (z.ndim - 1))
+        q_y, out = schur_apply(self.q_op.coupling, z / root_q, 1 / self.p)
+        return q_y, out / root_q
+
+    def gram(self, z: Float[Array, " small *k"]) -> Float[Array, " small *k"]:
+        """`Pt^T Pt z` (one pass; `z` a vector or a thin matrix of columns)."""
+        return self._products(z)[1]
+
     def mv(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
-        return self.project(z - self.pt_rmv(self.pt_mv(z)))
+        return self.project(z - self.gram(z))
+
+    def mv_and_image(self, z: Float[Array, " small"]):
+        """`(N z, Q (z / sqrt(q)))` in one pass: the product and what `recover`
+        needs of the same `z` (CG's final residual and the recovery share it)."""
+        q_y, out = self._products(z)
+        return self.project(z - out), q_y
 
     def reduce(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, " small"]:
         """Right-hand side of the normalised system (orthogonal to the null vector)."""
@@ -68,10 +91,15 @@ class NormalisedSchur(eqx.Module):
         scale = jnp.sqrt(jnp.sum(big**2 / self.p) + jnp.sum(small**2 / self.q))
         return 4 * jnp.finfo(scale.dtype).eps * scale
 
-    def recover(self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"]):
-        """`(df, dg)` from the normalised solution `z`, gauge fixed."""
+    def recover(
+        self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"],
+        image: Float[Array, " big"] | None = None,
+    ):
+        """`(df, dg)` from the normalised solution `z`, gauge fixed. `image`:
+        `Q (z / sqrt(q))` when already computed (`mv_and_image`), else one pass."""
         big = s if self.swapped else r
         d_small = z / jnp.sqrt(self.q)
-        d_big = (big - self.q_op.mv(d_small)) / self.p
+        image = self.q_op.mv(d_small) if image is None else image
+        d_big = (big - image) / self.p
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
         return fix_gauge(df, dg)

@@ -9,6 +9,7 @@ reported. The operators are still lineax operators.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -40,7 +41,8 @@ def conjugate_gradient(
     max_steps: int,
     preconditioner: Callable[[Array], Array] | None = None,
     x0: Float[Array, " k"] | None = None,
-) -> tuple[Float[Array, " k"], dict[str, Array]]:
+    final_product: Callable[[Array], tuple[Array, Any]] | None = None,
+):
     """(Preconditioned) CG for a symmetric PSD `mv` with `|A| <= 1` on a consistent `b`.
 
     Stops when `|b - A x| <= max(rtol |b|, atol, BACKWARD_ERROR * eps * (|x| + |b|))`,
@@ -53,9 +55,14 @@ def conjugate_gradient(
     system is ill-conditioned (`|x| >> |b|`), in float32 or near a
     permutation coupling.
 
-    **Returns:** `(x, stats)` with `num_steps`, `residual` (the true final
-    `|b - A x| / |b|`, one extra product) and `converged` (true residual
-    within twice the tolerance).
+    `final_product(x) -> (A x, aux)`, when given, makes the product of the
+    true final residual and something else from the same pass (the
+    normalised Schur complement's `mv_and_image`, whose `aux` the recovery
+    of the solution needs).
+
+    **Returns:** `(x, stats)`, or `(x, stats, aux)` with `final_product`;
+    `stats` has `num_steps`, `residual` (the true final `|b - A x| / |b|`, one
+    extra product) and `converged` (true residual within twice the tolerance).
     """
     precond = (lambda r: r) if preconditioner is None else preconditioner
     b_norm = jnp.linalg.norm(b)
@@ -88,7 +95,11 @@ def conjugate_gradient(
     z0 = precond(r0)
     init = (jnp.asarray(0), x0, r0, z0, jnp.vdot(r0, z0), jnp.asarray(False))
     num_steps, x, _, _, _, _ = jax.lax.while_loop(cond, body, init)
-    residual_norm = jnp.linalg.norm(b - mv(x))
+    if final_product is None:
+        ax, aux = mv(x), None
+    else:
+        ax, aux = final_product(x)
+    residual_norm = jnp.linalg.norm(b - ax)
     residual = residual_norm / jnp.where(b_norm > 0, b_norm, 1)
     stats = {
         "num_steps": num_steps,
@@ -97,7 +108,7 @@ def conjugate_gradient(
         # the true one by rounding.
         "converged": residual_norm <= 2 * tolerance(x),
     }
-    return x, stats
+    return (x, stats) if final_product is None else (x, stats, aux)
 
 
 class CGState(eqx.Module):
@@ -109,7 +120,8 @@ class CGState(eqx.Module):
 class CG(AbstractHSolver):
     """Conjugate gradients on the normalised Schur complement of the smaller side.
 
-    Each step costs two streaming passes over the coupling (`Pt` and `Pt^T`).
+    Each step costs one streaming pass over the coupling (`Pt^T Pt z`, each
+    exp computed once; two on sharded clouds, see `_streaming.schur_apply`).
     The gauge (null vector) is projected out of every product; the solution
     returned is the minimum-norm one.
 
@@ -145,9 +157,10 @@ class CG(AbstractHSolver):
         r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(state.operator)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
-        z, stats = conjugate_gradient(
+        z, stats, image = conjugate_gradient(
             schur.mv, schur.reduce(r, s), rtol=rtol,
             atol=jnp.maximum(self.atol, schur.rounding_level(r, s)), max_steps=self.max_steps,
+            final_product=schur.mv_and_image,
         )
-        df, dg = schur.recover(z, r, s)
+        df, dg = schur.recover(z, r, s, image)
         return df, dg, cg_result(stats, self.max_steps), stats

@@ -79,25 +79,26 @@ class SpectralCG(AbstractSpectralSolver):
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         b = schur.reduce(r, s)
         atol = jnp.maximum(self.atol, schur.rounding_level(r, s))
-        z, stats = conjugate_gradient(
+        z, stats, image = conjugate_gradient(
             schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps,
             preconditioner=deflation(schur, spec.v[:, 1:], spec.gaps[1:]),
+            final_product=schur.mv_and_image,
         )
 
         def restart(z):
             # Breakdown of the deflated iteration (gaps at rounding level, the
             # coupling nearly a permutation): finish with plain CG from where
             # it stopped, so SpectralCG is never less robust than CG.
-            z, more = conjugate_gradient(
+            z, more, image = conjugate_gradient(
                 schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps - stats["num_steps"],
-                x0=z,
+                x0=z, final_product=schur.mv_and_image,
             )
-            return z, {**more, "num_steps": stats["num_steps"] + more["num_steps"]}
+            return z, {**more, "num_steps": stats["num_steps"] + more["num_steps"]}, image
 
         done = stats["converged"] | (stats["num_steps"] >= self.max_steps)
-        z, stats = jax.lax.cond(done, lambda z: (z, stats), restart, z)
+        z, stats, image = jax.lax.cond(done, lambda z: (z, stats, image), restart, z)
         stats["restarted"] = ~done
-        df, dg = schur.recover(z, r, s)
+        df, dg = schur.recover(z, r, s, image)
         stats["num_deflated"] = jnp.asarray(spec.rank)
         stats["spectrum_residual"] = jnp.max(spec.residuals)
         return df, dg, spectral_result(cg_result(stats, self.max_steps), spec), stats
