@@ -27,3 +27,18 @@ def test_conditioning_smoke(tmp_path):
     text = md.read_text()
     assert "CG iterations with deflation" in text
     assert md.with_suffix(".png").stat().st_size > 0
+
+
+def _final_loss(out, method):
+    row = next(line for line in out.splitlines() if line.startswith(f"| {method}"))
+    return float(row.split("|")[5])
+
+
+def test_shuffled_regression_quick(tmp_path):
+    png = tmp_path / "shuffled_regression.png"
+    out = _run(ROOT / "examples" / "shuffled_regression.py", "--quick", "--out", png)
+    assert png.stat().st_size > 0
+    assert "| method" in out and "iterations / s to reach GD's final loss" in out
+    gd = _final_loss(out, "gradient descent")
+    assert _final_loss(out, "SGD-Newton") <= gd
+    assert _final_loss(out, "Newton-CG") <= gd
