@@ -44,6 +44,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 
@@ -147,17 +148,12 @@ def run_newton(name, x, y, w0, *, sgd: bool, rtol, max_steps, key):
                                  learning_rate=1e-3, max_sgd_steps=10, newton=newton,
                                  max_newton_steps=max_steps, throw=False)
     else:
-        @eqx_jit
+        @eqx.filter_jit
         def solve(w0, x, y):  # a line search: its trial points may be far out
             return optx.minimise(lambda w, data: trial_loss(w, *data), newton, w0, (x, y),
                                  max_steps=max_steps, throw=False)
 
-    jax.block_until_ready(solve(w0, x, y).value)  # compile
-    recorder.reset()
-    sol = solve(w0, x, y)
-    jax.block_until_ready(sol.value)
-    seconds = time.perf_counter() - recorder.start
-    final = float(jax.jit(loss)(sol.value, x, y))
+    sol, seconds, final = timed(solve, recorder, w0, x, y)
     # `progress` reports, at step k, the loss of the point evaluated there
     # (iterate k - 1): drop the first report (the initial loss, prepended
     # below) and append the final iterate's.
@@ -175,10 +171,15 @@ def run_newton(name, x, y, w0, *, sgd: bool, rtol, max_steps, key):
                 sgd_steps=offset, newton_steps=int(sol.stats["num_newton_steps"]))
 
 
-def eqx_jit(fn):
-    import equinox as eqx
-
-    return eqx.filter_jit(fn)
+def timed(solve, recorder, w0, x, y):
+    """`solve`'s second (compiled) run: the solution, its wall time, and the
+    loss at its end point evaluated with `loss` (which raises if the solve there fails)."""
+    jax.block_until_ready(solve(w0, x, y).value)  # compile
+    recorder.reset()
+    sol = solve(w0, x, y)
+    jax.block_until_ready(sol.value)
+    seconds = time.perf_counter() - recorder.start
+    return sol, seconds, float(jax.jit(loss)(sol.value, x, y))
 
 
 def run_bfgs(x, y, w0, *, rtol, max_steps):
@@ -189,17 +190,12 @@ def run_bfgs(x, y, w0, *, rtol, max_steps):
 
     solver = optx.BFGS(rtol, rtol, verbose=verbose)
 
-    @eqx_jit
+    @eqx.filter_jit
     def solve(w0, x, y):
         return optx.minimise(lambda w, data: trial_loss(w, *data), solver, w0, (x, y),
                              max_steps=max_steps, throw=False)
 
-    jax.block_until_ready(solve(w0, x, y).value)
-    recorder.reset()
-    sol = solve(w0, x, y)
-    jax.block_until_ready(sol.value)
-    seconds = time.perf_counter() - recorder.start
-    final = float(jax.jit(loss)(sol.value, x, y))
+    sol, seconds, final = timed(solve, recorder, w0, x, y)
     # The trace is the loss at the last accepted point before each step (the
     # first entry is the initial loss once the first step has evaluated it).
     losses, times = recorder.losses[1:] + [final], recorder.times[1:] + [seconds]
