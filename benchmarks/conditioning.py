@@ -25,7 +25,6 @@ import argparse
 import pathlib
 import platform
 import statistics
-import time
 
 import equinox as eqx
 import jax
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 import scipy.special  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
+from _common import timed  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -92,16 +92,6 @@ def part1(smoke):
     return rows
 
 
-def timed(fn, repeats):
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
-
-
 def part2(smoke, num_directions, ranks):
     n, eps = (400, 0.01) if smoke else (3000, 0.002)
     ranks = [0, 5, 20] if smoke else ranks
@@ -127,8 +117,8 @@ def part2(smoke, num_directions, ranks):
     rows = []
     for k in ranks:
         solver = om.CG(rtol=1e-8) if k == 0 else om.SpectralCG(rank=k, rtol=1e-8)
-        state, setup = timed(lambda: init(solver, coupling), repeats)
-        _, per_hvp = timed(lambda: hvp(coupling, solver, state, vs[0]), repeats)
+        state, setup = timed(lambda: init(solver, coupling), repeats=repeats)
+        _, per_hvp = timed(lambda: hvp(coupling, solver, state, vs[0]), repeats=repeats)
         outs = [hvp(coupling, solver, state, v) for v in vs]
         steps = [int(stats["num_steps"]) for _, stats in outs]
         rhs_steps = [int(h_solve(solver, state, r, t)) for r, t in rhs]
