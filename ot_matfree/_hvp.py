@@ -122,29 +122,26 @@ def solve_h(
 
 def _batch_size(tangents: dict, shapes: dict) -> int | None:
     """`k` when the given tangents carry a leading batch axis of size `k`, else `None`."""
-    sizes = set()
-    for name, t in tangents.items():
-        if t is None:
-            continue
+    given = {name: t for name, t in tangents.items() if t is not None}
+    batched = {}
+    for name, t in given.items():
         ndim = jnp.ndim(t)
         if ndim == len(shapes[name]) + 1:
-            sizes.add(jnp.shape(t)[0])
+            batched[name] = jnp.shape(t)[0]
         elif ndim != len(shapes[name]):
             raise ValueError(
                 f"`{name}` must have shape {shapes[name]}, or (k, *{shapes[name]}) for k "
                 f"tangents at once, got {jnp.shape(t)}."
             )
-    batched = [name for name, t in tangents.items()
-               if t is not None and jnp.ndim(t) == len(shapes[name]) + 1]
     if not batched:
         return None
-    if len(sizes) > 1 or len(batched) < sum(t is not None for t in tangents.values()):
-        got = {name: jnp.shape(t) for name, t in tangents.items() if t is not None}
+    if len(set(batched.values())) > 1 or len(batched) < len(given):
+        got = {name: jnp.shape(t) for name, t in given.items()}
         raise ValueError(
             "Batched tangents: every given tangent needs the same leading batch axis "
             f"(shapes (k, ...)); got {got}."
         )
-    return sizes.pop()
+    return next(iter(batched.values()))
 
 
 def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
