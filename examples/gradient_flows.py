@@ -94,17 +94,17 @@ def compiled(fn, *args):
     return out, time.perf_counter() - start
 
 
-def echoed(recorder, echo: bool):
-    """`recorder`, printing each record with its time when `echo` (long runs)."""
+def echoed(recorder, echo):
+    """`recorder`, also passing each record with its time to `echo(line)` (long runs)."""
     def record(value):
         recorder(value)
-        if echo:
-            print(f"  [{recorder.times[-1]:.1f} s] loss {float(value):.6g}", flush=True)
+        if echo is not None:
+            echo(f"  [{recorder.times[-1]:.1f} s] loss {float(value):.6g}")
     return record
 
 
 def run_gd(loss, x0, y, *, lr: float, steps: int, dump_every: int, warm: bool = True,
-           echo: bool = False):
+           echo=None):
     """The explicit flow `x <- x - lr grad L(x)` in one jitted `lax.scan`; with
     `warm`, the timed run is the second one (the first run's set-up excluded)."""
     recorder = Recorder()
@@ -130,13 +130,14 @@ def run_gd(loss, x0, y, *, lr: float, steps: int, dump_every: int, warm: bool = 
     seconds = time.perf_counter() - recorder.start
     return dict(name=f"gradient descent (lr {lr:g})", x=x, path=jnp.concatenate([path, x[None]]),
                 iterations=steps, newton_steps=None, hvps=None, cg_steps=None, seconds=seconds,
-                compile_seconds=compile_seconds, losses=recorder.losses, times=recorder.times,
+                compile_seconds=compile_seconds, losses=recorder.losses,
+                times=[0.0, *recorder.times[1:]],  # the initial loss at 0, as for Newton
                 offset=0, result=None, final=recorder.losses[-1],
                 step_times=np.diff(recorder.times).tolist())
 
 
 def run_newton(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: float,
-               cg_max_steps: int | None = None, warm: bool = True, echo: bool = False):
+               cg_max_steps: int | None = None, warm: bool = True, echo=None):
     """`optx.minimise` with `om.NewtonCG`; the trace comes from its `progress`
     callback. With `warm`, the timed run is the second one."""
     recorder, hvps = Recorder(), []
@@ -145,9 +146,8 @@ def run_newton(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: f
     def progress(info):
         record(info["loss"])
         hvps.append(int(info["num_hvps"]))
-        if echo:
-            print(f"    step size {float(info['step_size']):.3g}, HVPs so far {hvps[-1]}",
-                  flush=True)
+        if echo is not None:
+            echo(f"    next step size {float(info['step_size']):.3g}, HVPs so far {hvps[-1]}")
 
     line_search = not isinstance(search, optx.LearningRate)
     newton = om.NewtonCG(rtol, rtol, search=search, cg_max_steps=cg_max_steps, progress=progress)
@@ -275,7 +275,7 @@ def save_figure(all_runs, x0, y, out):
             row[0].plot(path[:, i, 0], path[:, i, 1], color="tab:blue", lw=0.5, alpha=0.5)
         row[0].scatter(*np.asarray(x0).T, s=30, c="lightgrey", edgecolors="k", label="x0")
         row[0].set_title(f"flow of {name} (eps = {EPSILON}): gradient descent's paths")
-        row[0].legend(fontsize=7, loc="lower center")
+        row[0].legend(fontsize=7, loc="upper left")
         centre, half = y_np.mean(0), 1.6
         row[1].set_xlim(centre[0] - half, centre[0] + half)
         row[1].set_ylim(centre[1] - half, centre[1] + half)
@@ -326,10 +326,10 @@ def large_part(args, say):
         f"(compilation included)")
     runs = [
         run_gd(loss, x0, y, lr=lr, steps=args.large_gd_steps, dump_every=1, warm=False,
-               echo=True),
+               echo=say),
         run_newton("Newton-CG (Armijo)", loss, trial_loss, x0, y, search=optx.BacktrackingArmijo(),
                    max_steps=args.large_newton_steps, rtol=1e-6, cg_max_steps=args.large_cg_steps,
-                   warm=False, echo=True),
+                   warm=False, echo=say),
     ]
     header = ("| method | steps | HVPs | CG steps | compile (s) | time per step (s) | "
               "loss after each step | spread | mean distance to y's mean |")
@@ -351,9 +351,10 @@ def large_part(args, say):
     rate = gd["losses"][-1] / gd["losses"][-2]
     if 0 < rate < 1 and newton["final"] < gd["final"]:
         more = math.log(newton["final"] / gd["final"]) / math.log(rate)
-        say(f"gradient descent's last step multiplied the loss by {rate:.4f}; at that rate it "
-            f"would need about {more:.0f} more steps (about {more * gd['step_times'][-1] / 60:.0f} "
-            f"min) to reach Newton-CG's final loss (an extrapolation, not a measurement)")
+        say(f"gradient descent's last step multiplied the loss by {rate:.4f}; at that rate (it "
+            f"slows down near the target, see the small run) it would need about {more:.0f} "
+            f"more steps (about {more * gd['step_times'][-1] / 60:.0f} min) to reach "
+            f"Newton-CG's final loss (an extrapolation, not a measurement)")
     say(f"peak RSS of the process: "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; wall time "
         f"{time.perf_counter() - start:.0f} s")
@@ -383,10 +384,10 @@ def main():
     parser.add_argument("--part", choices=("small", "large", "all"), default="all")
     parser.add_argument("--gd-steps", type=int, default=None, help="small part (default 500)")
     parser.add_argument("--large-n", type=int, default=20_000)
-    parser.add_argument("--large-gd-steps", type=int, default=3)
-    parser.add_argument("--large-newton-steps", type=int, default=5,
+    parser.add_argument("--large-gd-steps", type=int, default=2)
+    parser.add_argument("--large-newton-steps", type=int, default=4,
                         help="Newton-CG loss evaluations at large n")
-    parser.add_argument("--large-cg-steps", type=int, default=10,
+    parser.add_argument("--large-cg-steps", type=int, default=3,
                         help="CG steps per Newton step at large n")
     parser.add_argument("--out", default=None, help="PNG path (default: examples/"
                         "gradient_flows.png; with --quick, the temporary directory)")
@@ -402,10 +403,10 @@ def main():
         def say(*items):
             log.append(" ".join(map(str, items)))
             print(*items, flush=True)
+            if record:  # as it goes: a run stopped by `timeout` keeps its trace
+                save_section(part, log)
 
         (small_part if part == "small" else large_part)(args, say)
-        if record:
-            save_section(part, log)
 
 
 if __name__ == "__main__":
