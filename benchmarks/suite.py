@@ -198,27 +198,25 @@ def run_grid(args, log, results, save):
         key = dict(dtype=dtype, d=d, eps=eps)
         opts = dict(base_opts, tol=tol[dtype])
         needs_ref = any(t in ("grad", "hvp") for t in args.tasks)
-        for task in args.tasks:
-            methods = [m for (t, m) in METHODS if t == task and m in args.methods]
-            workers, prev, dead = {}, {}, {}
-            for m in methods:
-                why = STATIC_SKIPS.get((task, m))
-                if m in GPU_ONLY and not on_gpu:
-                    why = "GPU only (PyTorch + Triton kernels); this run is on the CPU"
-                if m == "dense" and on_gpu:
-                    why = "left out of the GPU grid: (n d)^2 memory at n >= 1e4"
-                if why:
-                    dead[m] = f"skipped: {why}"
-            for n in ns:
-                ref_path = None
-                if task != "forward" and needs_ref:
-                    ref_path = str(cache / f"ref_{n}_{d}_{eps}.npz")
-                    if not os.path.exists(ref_path):
-                        if over_budget():
-                            for m in methods:
-                                record(dict(key, task=task, method=m, n=n, status="skipped",
-                                            reason="skipped: the run's total budget was spent"))
-                            continue
+        todo = [(t, m) for (t, m) in METHODS if t in args.tasks and m in args.methods]
+        # n outermost: at each n every method takes its turn, so that the large-n
+        # cells of every task come last (and share the run's remaining budget).
+        workers, prev, dead = {}, {}, {}
+        for task, m in todo:
+            why = STATIC_SKIPS.get((task, m))
+            if m in GPU_ONLY and not on_gpu:
+                why = "GPU only (PyTorch + Triton kernels); this run is on the CPU"
+            if m == "dense" and on_gpu:
+                why = "left out of the GPU grid: (n d)^2 memory at n >= 1e4"
+            if why:
+                dead[(task, m)] = f"skipped: {why}"
+        for n in ns:
+            ref_path = None
+            if needs_ref and n <= args.ref_max_n:
+                ref_path = str(cache / f"ref_{n}_{d}_{eps}.npz")
+                if not os.path.exists(ref_path):
+                    why = "skipped: the run's total budget was spent" if over_budget() else None
+                    if why is None:
                         rw = refs.get((d, eps))
                         if rw is None or rw.dead:
                             rw = refs[(d, eps)] = Worker("ref", "ours", "float64", d, eps, opts, log)
@@ -230,42 +228,48 @@ def run_grid(args, log, results, save):
                         record(dict(dtype="float64", d=d, eps=eps, task="reference", method="ref",
                                     n=n, **r))
                         if r["status"] != "ok":
-                            for m in methods:
-                                record(dict(key, task=task, method=m, n=n, status="skipped",
-                                            reason=f"skipped: no reference ({r.get('reason')})"))
-                            continue
-                for m in methods:
-                    entry = dict(key, task=task, method=m, n=n, label=METHODS[(task, m)][0])
-                    why = dead.get(m) or predicted_skip(prev.get(m), n, METHODS[(task, m)][1], args)
-                    if why is None and over_budget():
-                        why = "skipped: the run's total budget was spent"
+                            why = f"skipped: no reference ({r.get('reason')})"
                     if why:
-                        record(dict(entry, status="skipped", reason=why))
+                        for task, m in todo:
+                            if task != "forward":
+                                record(dict(key, task=task, method=m, n=n, status="skipped",
+                                            reason=dead.get((task, m), why)))
+                        ref_path = "missing"
+            for task, m in todo:
+                if task != "forward" and ref_path == "missing":
+                    continue
+                entry = dict(key, task=task, method=m, n=n, label=METHODS[(task, m)][0])
+                why = dead.get((task, m)) or predicted_skip(prev.get((task, m)), n,
+                                                            METHODS[(task, m)][1], args)
+                if why is None and over_budget():
+                    why = "skipped: the run's total budget was spent"
+                if why:
+                    record(dict(entry, status="skipped", reason=why))
+                    continue
+                w = workers.get((task, m))
+                if w is None:
+                    w = workers[(task, m)] = Worker(task, m, dtype, d, eps, opts, log)
+                    hello = w.read(START_TIMEOUT, args.mem_cap_gb * 1e3)
+                    if hello["status"] != "ready":
+                        dead[(task, m)] = f"skipped: {hello.get('reason', hello['status'])}"
+                        record(dict(entry, status="skipped", reason=dead[(task, m)]))
                         continue
-                    w = workers.get(m)
-                    if w is None:
-                        w = workers[m] = Worker(task, m, dtype, d, eps, opts, log)
-                        hello = w.read(START_TIMEOUT, args.mem_cap_gb * 1e3)
-                        if hello["status"] != "ready":
-                            dead[m] = f"skipped: {hello.get('reason', hello['status'])}"
-                            record(dict(entry, status="skipped", reason=dead[m]))
-                            continue
-                        entry["version"] = hello.get("version")
-                        w.version = hello.get("version")
-                    entry.setdefault("version", getattr(w, "version", None))
-                    log(f"{task} {m} {dtype} d={d} eps={eps} n={n}")
-                    w.send({"n": n, "ref": ref_path})
-                    r = w.read(kill_s, args.mem_cap_gb * 1e3)
-                    entry.update(r)
-                    log(f"  {r.get('status')} {r.get('time_s', r.get('reason'))}")
-                    record(entry)
-                    if r["status"] == "ok":
-                        mem = max(r.get("mem_delta_mb") or 0.0, 1.0)
-                        prev[m] = (n, r["time_s"] + r.get("solve_s", 0.0) * (m == "dense"), mem)
-                    else:
-                        dead[m] = f"skipped: {r['status']} at n = {n:,} ({r.get('reason', '')[:120]})"
-            for w in workers.values():
-                w.close()
+                    w.version = hello.get("version")
+                entry["version"] = getattr(w, "version", None)
+                log(f"{task} {m} {dtype} d={d} eps={eps} n={n}")
+                w.send({"n": n, "ref": None if task == "forward" else ref_path})
+                r = w.read(kill_s, args.mem_cap_gb * 1e3)
+                entry.update(r)
+                log(f"  {r.get('status')} {r.get('time_s', r.get('reason'))}")
+                record(entry)
+                if r["status"] == "ok":
+                    mem = max(r.get("mem_delta_mb") or 0.0, 1.0)
+                    prev[(task, m)] = (n, r["time_s"], mem)
+                else:
+                    dead[(task, m)] = f"skipped: {r['status']} at n = {n:,} ({r.get('reason', '')[:120]})"
+                    w.close(kill=True)
+        for w in workers.values():
+            w.close()
     for w in refs.values():
         w.close()
 
@@ -285,7 +289,8 @@ def fmt(v):
 def cell_text(r):
     if r["status"] != "ok":
         return r.get("reason", r["status"]).replace("|", "/")
-    parts = [f"{fmt(r['time_s'])} s", f"err {fmt(r.get('error'))}", f"{fmt(r.get('mem_delta_mb'))} MB"]
+    mem = r.get("gpu_peak_mb", r.get("mem_delta_mb"))  # on a GPU: device memory, process peak
+    parts = [f"{fmt(r['time_s'])} s", f"err {fmt(r.get('error'))}", f"{fmt(mem)} MB"]
     if r.get("iterations") is not None and r["task"] == "forward":
         parts.append(f"{r['iterations']} it.")
     if r.get("cg_steps") is not None:
@@ -443,11 +448,15 @@ def parse(argv):
     p.add_argument("--ott-batch", type=int, default=1024)
     p.add_argument("--pot-batch", type=int, default=256)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--ref-max-n", type=int, default=None,
+                   help="largest n with a float64 reference (gradient / HVP errors); above "
+                        "it the errors read '-' (default: every n on the CPU, 1e5 on a GPU)")
     p.add_argument("--smoke", action="store_true", help="tiny grid, a few methods (< 25 s)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--name", default=None, help="file stem (default suite_<device>)")
     p.add_argument("--cache", default=None, help="folder for the reference arrays (default: a temp dir)")
-    p.add_argument("--from-json", default=None, help="redraw tables and plot from a JSON file")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="redraw tables and plot from JSON files of earlier runs (merged in order)")
     args = p.parse_args(argv)
     if args.device == "gpu":
         args.n = args.n or [10_000, 30_000, 100_000, 300_000, 1_000_000]
@@ -455,6 +464,7 @@ def parse(argv):
         args.slice = [] if args.slice is None else args.slice
         args.methods = args.methods or ["ours", "ours_adaptive", "ott", "ott_online", "geomloss_online",
                                         "pot_lazy", "flash"]
+        args.ref_max_n = args.ref_max_n or 100_000
     if args.smoke:
         args.n, args.dtypes, args.slice = [40, 80], ["float64"], []
         args.tasks = ["forward", "hvp"]
@@ -464,6 +474,9 @@ def parse(argv):
     args.dtypes = args.dtypes or ["float64", "float32"]
     if args.slice is None:
         args.slice = ["float64:64:0.05:500,2000", "float64:3:0.005:500,2000"]
+    args.ref_max_n = args.ref_max_n or max([*args.n, 0])
+    for spec in args.slice:
+        args.ref_max_n = max(args.ref_max_n, *(int(k) for k in spec.split(":")[3].split(",")))
     args.methods = args.methods or sorted({m for _, m in METHODS})
     return args
 
@@ -474,7 +487,16 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (args.name or f"suite_{args.device}")
     if args.from_json:
-        payload = json.loads(pathlib.Path(args.from_json).read_text())
+        parts = [json.loads(pathlib.Path(f).read_text()) for f in args.from_json]
+        payload = dict(parts[-1])
+        if len(parts) > 1:  # one table from several runs: every command is named
+            payload["command"] = " ; ".join(p["command"] for p in parts)
+            payload["started_utc"] = parts[0]["started_utc"]
+            payload["load_avg_at_start"] = parts[0]["load_avg_at_start"]
+            payload["elapsed_s"] = sum(p.get("elapsed_s", 0.0) for p in parts)
+            payload["results"] = [r for p in parts for r in p["results"]]
+            payload["runs"] = [{k: v for k, v in p.items() if k != "results"} for p in parts]
+            stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
         write_outputs(stem, payload)
         return
     if args.device == "gpu":
@@ -514,6 +536,12 @@ def write_outputs(stem, payload):
     dev, s = payload["device"], payload["settings"]
     la, lb = payload["load_avg_at_start"], payload.get("load_avg_now", [math.nan] * 3)
     res = payload["results"]
+    runs = payload.get("runs", [payload])
+    budgets = " / ".join(f"{r['settings']['cell_budget']:.0f} s" for r in runs)
+    caps = " / ".join(f"{r['settings']['mem_cap_gb']:g} GB" for r in runs)
+    if len(runs) > 1:
+        budgets += " (in the runs' order)"
+        caps += " (in the runs' order)"
     n_ok = sum(r["status"] == "ok" for r in res if r["task"] in TASKS)
     n_skip = sum(r["status"] != "ok" for r in res if r["task"] in TASKS)
     header = "\n".join([
@@ -521,7 +549,9 @@ def write_outputs(stem, payload):
         f"{dev['cores']} cores, jax {dev['jax']})",
         "",
         f"`{payload['command']}`, started {payload['started_utc']}, "
-        f"{payload.get('elapsed_s', math.nan) / 60:.0f} min. Load average (1 / 5 / 15 min) "
+        f"{payload.get('elapsed_s', math.nan) / 60:.0f} min"
+        + (f" (sum over the {len(runs)} runs, which may overlap: see `runs` in the JSON)"
+           if len(runs) > 1 else "") + ". Load average (1 / 5 / 15 min) "
         f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {lb[0]:.1f} / {lb[1]:.1f} / "
         f"{lb[2]:.1f} at the end; each cell's 1-min load is in the JSON. {n_ok} cells ran, "
         f"{n_skip} were skipped or failed (reason in the cell).",
@@ -536,9 +566,8 @@ def write_outputs(stem, payload):
         f"{s['quick_s']:g} s, else one run. Memory (MB): peak RSS above the RSS just before the "
         "timed call, sampled every 2 ms, in a process per method (whole-process peaks "
         "`process_peak_mb` in the JSON). Skip rule: predicted time > "
-        f"{s['cell_budget']:.0f} s per cell (from the last n, x (n/n0)^2, ^3 for the dense "
-        f"Hessian) or predicted memory > {s['mem_cap_gb']:g} GB; failures and kills skip the "
-        "larger n.",
+        f"{budgets} per cell (from the last n, x (n/n0)^2, ^3 for the dense "
+        f"Hessian) or predicted memory > {caps}; failures and kills skip the larger n.",
     ])
     text = tables(res, header)
     stem.with_suffix(".md").write_text(text)
