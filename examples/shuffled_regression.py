@@ -78,6 +78,8 @@ def make_problem(n: int, seed: int = 0):
 
 
 SOLVER = om.Sinkhorn(tol=1e-8, max_iters=20_000, momentum="adaptive")
+# Line-search trial points: a point where Sinkhorn needs more than this is rejected.
+TRIAL_SOLVER = om.Sinkhorn(tol=1e-8, max_iters=2_000, momentum="adaptive")
 
 
 def loss(w, x, y):
@@ -85,12 +87,20 @@ def loss(w, x, y):
 
 
 def trial_loss(w, x, y):
-    """`loss` that does not raise, for the line searches (Armijo, BFGS): they
-    try points far from the data (costs ~1e4 at epsilon 0.5) where Sinkhorn
-    does not converge in 20,000 iterations; the value there is still an upper
-    estimate, which the search rejects. Every method's final point is
+    """`loss` at the line searches' trial points (Armijo, BFGS), which may lie
+    far from the data (costs ~1e4) where Sinkhorn converges slowly or not at
+    all: `+inf` where Sinkhorn does not converge within `TRIAL_SOLVER`'s cap,
+    which the search rejects (and `NewtonCG` reports as a divergence if it were
+    an accepted point). The probe solve runs first, without derivatives; the
+    loss repeats it only where it converged. Every method's final point is
     re-evaluated with `loss`, which raises if its solve fails."""
-    return om.ot_cost(x @ w, y, epsilon=EPSILON, solver=SOLVER, throw=False)
+    probe = om.solve(jax.lax.stop_gradient(x @ w), y, epsilon=EPSILON, solver=TRIAL_SOLVER,
+                     throw=False)
+    return jax.lax.cond(
+        probe.converged,
+        lambda: om.ot_cost(x @ w, y, epsilon=EPSILON, solver=TRIAL_SOLVER, throw=False),
+        lambda: jnp.array(jnp.inf, x.dtype),
+    )
 
 
 class Recorder:
