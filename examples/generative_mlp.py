@@ -210,8 +210,8 @@ def main():
     args = parser.parse_args()
     n = args.n or (120 if args.quick else 500)
     width = args.width or (8 if args.quick else 32)
-    newton_steps = args.newton_steps or (15 if args.quick else 40)
-    steps = args.first_order_steps or (60 if args.quick else 500)
+    newton_steps = args.newton_steps or (15 if args.quick else 25)
+    steps = args.first_order_steps or (60 if args.quick else 250)
     out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE,
                                    "generative_mlp.png")
     log = []
