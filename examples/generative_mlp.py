@@ -25,7 +25,7 @@ The table gives iterations, HVPs, wall time, final loss, and each first-order
 method's loss at the moment Newton-CG stopped; the figure shows loss against
 wall time and the samples against the target.
 
-    python examples/generative_mlp.py            # committed output (a few minutes on 2 cores)
+    python examples/generative_mlp.py            # committed output (~15 min on 2 loaded cores)
     python examples/generative_mlp.py --quick    # small sizes, the CI test
 """
 

@@ -260,8 +260,9 @@ def main():
     x, y, w, w0 = make_problem(n)
     say(f"jax {jax.__version__} on {jax.devices()[0]}, float64")
     say(f"n = {n}, d_X = 5, d_Y = 2, epsilon = {EPSILON}, cluster stds {STDS}, "
-          f"cluster means 2 N(0, I), Sinkhorn tol {tol:g} (adaptive momentum, {SOLVER.max_iters:,} iterations at most; a failed solve raises; "
-          f"line-search trial points: 2,000 at most, +inf if it fails)")
+        f"cluster means 2 N(0, I), Sinkhorn tol {tol:g} (adaptive momentum, "
+        f"{SOLVER.max_iters:,} iterations at most; a failed solve raises; "
+        f"line-search trial points: 2,000 at most, +inf if it fails)")
     l0 = float(jax.jit(loss)(w0, x, y))
     say(f"initial loss {l0:.6f}, loss at the true W {float(jax.jit(loss)(w, x, y)):.6f}, "
           f"initial parameter error {float(jnp.linalg.norm(w0 - w) / jnp.linalg.norm(w)):.3f}")
