@@ -165,7 +165,7 @@ def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
     )
     if solver_state is None:
         operator = HOperator(coupling, a_hat, b_hat)
-    r, s, pushed = check_finite((r, s, pushed), coupling, throw)
+    r, s = check_finite((r, s), coupling, throw)
     df, dg, stats = solve_h(
         coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw,
         operator=operator, pushed=pushed,
