@@ -82,8 +82,9 @@ def logits(
     (centred points, `SqEuclidean.centre`): the block is one matrix product
     plus a row and a column term, which XLA fuses with the `exp` into one
     loop. Forming `C` first and then `(f + g - C) / eps` costs a second
-    elementwise sweep over the block with four broadcast operands, and made
-    every pass about 1.5x slower on the CPU (`benchmarks/block_sizes.py`).
+    elementwise sweep over the block with more broadcast operands: `P @ v`
+    took 1.5x (quiet CPU) to 4.6x (loaded CPU) as long
+    (`benchmarks/block_sizes.py`, `benchmarks/README.md`).
     Same value up to rounding; the row and column terms are formed once
     per block and once per pass (loop invariant).
     """
