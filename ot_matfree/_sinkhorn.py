@@ -20,6 +20,7 @@ from ._coupling import Coupling
 from ._results import RESULTS
 from ._sharding import RowSharding, auto_partitioned, row_sharding
 from ._sinkhorn_accel import adapt_momentum, anderson_mix, anderson_push
+from ._sinkhorn_newton import newton_phase
 from ._streaming import row_logsumexp
 
 
@@ -57,6 +58,13 @@ class Sinkhorn(eqx.Module):
       `eps_0 = c(lo, hi)`, the cost between the corners of the clouds'
       bounding box (the squared diameter for `SqEuclidean`). Momentum and
       Anderson act once the target is reached. Not useful with a warm start.
+    - `newton`: `None`, or a marginal error (e.g. `0.1`) below which the
+      iterations above hand over to Newton steps on the dual: each solves
+      the H-system of the current coupling by CG (one streaming pass per CG
+      step, inexact with a forcing term) and takes a backtracking line
+      search on the dual (`_sinkhorn_newton.py`). A Newton step counts as one
+      iteration towards `max_iters`; it costs tens of passes where a
+      Sinkhorn iteration costs two (see `Coupling.num_passes`).
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
@@ -71,6 +79,7 @@ class Sinkhorn(eqx.Module):
     momentum: float | str | None = eqx.field(static=True, default=None)
     anderson: int | None = eqx.field(static=True, default=None)
     epsilon_scaling: float | None = eqx.field(static=True, default=None)
+    newton: float | None = eqx.field(static=True, default=None)
     progress: Callable[[Array, Array], None] | None = eqx.field(static=True, default=None)
     progress_every: int = eqx.field(static=True, default=10)
 
@@ -96,11 +105,22 @@ class Sinkhorn(eqx.Module):
         q = self.epsilon_scaling
         if q is not None and not (isinstance(q, (int, float)) and 0 < q < 1):
             raise ValueError(f"`epsilon_scaling` must be None or a float in (0, 1), got {q!r}.")
+        s = self.newton
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0):
+            raise ValueError(
+                f"`newton` must be None or a marginal error > 0 (e.g. 0.1), got {s!r}."
+            )
 
     @property
     def is_plain(self) -> bool:
         """No acceleration and no annealing: the plain iteration."""
-        return self.momentum is None and self.anderson is None and self.epsilon_scaling is None
+        return (self.momentum is None and self.anderson is None and self.epsilon_scaling is None
+                and self.newton is None)
+
+    @property
+    def sinkhorn_tol(self) -> float:
+        """Where the Sinkhorn iterations stop: `tol`, or where Newton takes over."""
+        return self.tol if self.newton is None else max(self.tol, self.newton)
 
 
 def report_progress(solver: Sinkhorn, iteration, error) -> None:
@@ -178,7 +198,7 @@ def _solve(
             return jnp.maximum(annealed, epsilon), annealed <= epsilon
 
     def cond(state):
-        return (state["it"] < solver.max_iters) & ~(state["err_target"] <= solver.tol)
+        return (state["it"] < solver.max_iters) & ~(state["err_target"] <= solver.sinkhorn_tol)
 
     def body(state):
         it, f = state["it"], state["f"]
@@ -235,6 +255,7 @@ def _solve(
         state.update(history=(empty, empty), count=jnp.asarray(0))
     state = jax.lax.while_loop(cond, body, state)
     it, f, g, f_hat, err = (state[k] for k in ("it", "f_eval", "g", "f_hat", "err_target"))
+    passes = 2 * it
     if scaling is not None:
         # Stopped during the annealing (`max_iters` too small): report the
         # error of the last potentials at the target epsilon, not at eps_k.
@@ -247,9 +268,24 @@ def _solve(
         f, g, f_hat, err = jax.lax.cond(
             state["at_target"], lambda *args: args, at_target, f, g, f_hat, err
         )
+        passes = passes + jnp.where(state["at_target"], 0, 2)
     if sharding is not None:
         f, g, f_hat = sharding.place((f, g, f_hat), sharding.rows)
-    total_mass = jnp.sum(a * jnp.exp((f - f_hat) / epsilon))
+    if solver.newton is None:
+        total_mass = jnp.sum(a * jnp.exp((f - f_hat) / epsilon))
+    else:
+        def make_coupling(f, g):
+            return Coupling(x, y, a, b, f, g, epsilon, cost, block_size=block_size,
+                            sharding=sharding)
+
+        # Starts from the potentials whose error the Sinkhorn loop measured
+        # (at the target epsilon), also when that loop reached `tol` itself.
+        f, g, row, err, it, newton_passes = newton_phase(
+            make_coupling, a, b, epsilon, f, g, it, solver.max_iters, solver.tol,
+            lambda i, e: report_progress(solver, i, e),
+        )
+        passes = passes + newton_passes.astype(passes.dtype)
+        total_mass = jnp.sum(row)
     reg_ot_cost = (
         jnp.sum(a * (f - epsilon * log_a))
         + jnp.sum(b * (g - epsilon * log_b))
@@ -258,7 +294,7 @@ def _solve(
     coupling = Coupling(
         x, y, a, b, f, g, epsilon, cost, num_iters=it, marginal_error=err,
         reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
-        sharding=sharding,
+        sharding=sharding, num_passes=passes,
     )
     return finish(coupling, throw)
 

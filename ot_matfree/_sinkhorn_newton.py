@@ -1,0 +1,138 @@
+"""Newton steps on the dual of entropic OT, after Sinkhorn (forward-solve layer).
+
+The dual in ott-jax's convention (log-weights inside the potentials) is
+
+    D(f, g) = <a, f> + <b, g> - eps sum_ij P_ij,   P_ij = exp((f_i + g_j - C_ij) / eps),
+
+concave, with gradient `(a - P 1, b - P^T 1)` and Hessian `-(1/eps) H`, where
+`H = [[diag(P 1), P], [P^T, diag(P^T 1)]]` is the H-matrix of the *current*
+coupling (`HOperator` with the current marginals, not `a`, `b`). Newton's
+step solves `H [df; dg] = eps [a - P 1; b - P^T 1]`; both halves of the
+right-hand side sum to `1 - sum(P)`, so it is orthogonal to the null vector
+`(1_n, -1_m)` and the minimum-norm solution is a step (Brauer, Clason, Lorenz
+and Wirth 2017, "A Sinkhorn-Newton method for entropic optimal transport").
+
+- Inexact: CG on the normalised Schur complement (as the `CG` H-solver, one
+  streaming pass per step) to the relative residual
+  `eta = min(0.1, sqrt(err))` (forcing term of Eisenstat and Walker: fast
+  local convergence without over-solving far out), raised to
+  `tol / (2 err)` on the last step so that it does not solve far below `tol`.
+  CG from zero gives an ascent direction at every step, so a CG run cut by
+  `CG_MAX_STEPS` still gives a usable (inexact) direction.
+- Line search: backtracking on the dual, `t = 1, 1/2, ...`, at most
+  `MAX_BACKTRACKS` halvings. A trial is one marginals pass (`sum P = sum P 1`),
+  and it is accepted when it raises the dual by Armijo's fraction of the
+  predicted gain or lowers the marginal error (near the optimum the dual's
+  gain, `O(err^2)`, falls below its rounding, the error's does not). The
+  accepted trial's marginals are the next step's gradient and error.
+- If no trial is accepted, the step is one Sinkhorn iteration instead (a
+  `g` and an `f` update, which always raise the dual), so the loop keeps
+  making progress and ends at `tol` or at `max_iters` like any other variant.
+
+A Newton step with a full step length costs `CG steps + 3` passes: the
+reduced right-hand side, the CG products, the final product (shared with the
+recovery of `df`, `dg`) and the trial's marginals.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from ._coupling import Coupling
+from ._operators import HOperator
+from ._solver._base import project_range
+from ._solver._schur import NormalisedSchur
+from ._solver.cg import conjugate_gradient
+from ._streaming import marginals, row_logsumexp
+
+#: CG steps per Newton step at most.
+CG_MAX_STEPS = 1000
+#: Step-length halvings before the Newton step is replaced by a Sinkhorn iteration.
+MAX_BACKTRACKS = 10
+#: Armijo's fraction of the predicted gain.
+ARMIJO = 1e-4
+#: Largest CG forcing term.
+ETA_MAX = 0.1
+
+
+def forcing_term(err, tol):
+    """CG's relative tolerance for a Newton step from marginal error `err`."""
+    eta = jnp.minimum(ETA_MAX, jnp.sqrt(err))
+    return jnp.minimum(jnp.maximum(eta, 0.5 * tol / err), 0.5)
+
+
+def newton_phase(make_coupling, a, b, epsilon, f, g, it, max_iters, tol, progress):
+    """Newton steps from `(f, g)` until the marginal error is `<= tol` or
+    `it` reaches `max_iters`.
+
+    `make_coupling(f, g)` is the `Coupling` at the target epsilon;
+    `progress(it, err)` reports. **Returns:** `(f, g, row marginal, err, it,
+    passes)` of the last potentials.
+    """
+    log_a, log_b = jnp.log(a), jnp.log(b)
+
+    def error(row, col):
+        return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
+
+    def dual(f, g, row):
+        return jnp.dot(a, f) + jnp.dot(b, g) - epsilon * jnp.sum(row)
+
+    def direction(f, g, row, col, err):
+        r, s = project_range(epsilon * (a - row), epsilon * (b - col))
+        schur = NormalisedSchur.from_h(HOperator(make_coupling(f, g), row, col))
+        z, stats, image = conjugate_gradient(
+            schur.mv, schur.reduce(r, s), rtol=forcing_term(err, tol),
+            atol=schur.rounding_level(r, s), max_steps=CG_MAX_STEPS,
+            final_product=schur.mv_and_image,
+        )
+        df, dg = schur.recover(z, r, s, image)
+        return df, dg, stats["num_steps"] + 2
+
+    def line_search(f, g, row, col, err, df, dg):
+        value = dual(f, g, row)
+        slope = jnp.dot(a - row, df) + jnp.dot(b - col, dg)
+
+        def trial(t):
+            ft, gt = f + t * df, g + t * dg
+            row_t, col_t = marginals(make_coupling(ft, gt))
+            err_t = error(row_t, col_t)
+            gain = dual(ft, gt, row_t) - value
+            ok = jnp.isfinite(err_t) & ((gain >= ARMIJO * t * slope) | (err_t < err))
+            return ok, (ft, gt, row_t, col_t, err_t)
+
+        def cond(state):
+            k, ok, _ = state
+            return ~ok & (k <= MAX_BACKTRACKS)
+
+        def body(state):
+            k, _, _ = state
+            ok, point = trial(0.5 ** k.astype(f.dtype))
+            return k + 1, ok, point
+
+        start = (jnp.asarray(0), jnp.asarray(False), (f, g, row, col, err))
+        tries, ok, point = jax.lax.while_loop(cond, body, start)
+        return ok, point, tries
+
+    def sinkhorn_iteration(f, g):
+        coupling = make_coupling(f, g)
+        g = epsilon * (log_b - row_logsumexp(coupling.transpose(), f))
+        f = epsilon * (log_a - row_logsumexp(make_coupling(f, g), g))
+        row, col = marginals(make_coupling(f, g))
+        return f, g, row, col, error(row, col)
+
+    def cond(state):
+        return (state["it"] < max_iters) & ~(state["err"] <= tol)
+
+    def body(state):
+        f, g, row, col, err = (state[k] for k in ("f", "g", "row", "col", "err"))
+        df, dg, cg_passes = direction(f, g, row, col, err)
+        ok, point, tries = line_search(f, g, row, col, err, df, dg)
+        point = jax.lax.cond(ok, lambda: point, lambda: sinkhorn_iteration(f, g))
+        passes = state["passes"] + cg_passes + tries + jnp.where(ok, 0, 3)
+        f, g, row, col, err = point
+        progress(state["it"] + 1, err)
+        return dict(it=state["it"] + 1, f=f, g=g, row=row, col=col, err=err, passes=passes)
+
+    row, col = marginals(make_coupling(f, g))
+    state = dict(it=it, f=f, g=g, row=row, col=col, err=error(row, col), passes=jnp.asarray(1))
+    state = jax.lax.while_loop(cond, body, state)
+    return tuple(state[k] for k in ("f", "g", "row", "err", "it", "passes"))
