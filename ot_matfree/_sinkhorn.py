@@ -20,8 +20,24 @@ from ._coupling import Coupling
 from ._results import RESULTS
 from ._sharding import RowSharding, auto_partitioned, row_sharding
 from ._sinkhorn_accel import adapt_momentum, anderson_mix, anderson_push
-from ._sinkhorn_newton import newton_phase
+from ._sinkhorn_newton import NEWTON_MIN_BUDGET, newton_phase
 from ._streaming import row_logsumexp
+
+
+class _Unset:
+    """Default of `Sinkhorn`'s iteration options: "not given"."""
+
+    def __repr__(self):
+        return "UNSET"
+
+
+UNSET = _Unset()
+#: The options that choose the iteration.
+ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
+#: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given: the
+#: fastest at equal marginal error on the grid of `benchmarks/sinkhorn_speed.py`
+#: (benchmarks/results/sinkhorn_speed_newton_cpu.md).
+DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=0.1)
 
 
 class Sinkhorn(eqx.Module):
@@ -76,12 +92,20 @@ class Sinkhorn(eqx.Module):
 
     tol: float = 1e-6
     max_iters: int = 10_000
-    momentum: float | str | None = eqx.field(static=True, default=None)
-    anderson: int | None = eqx.field(static=True, default=None)
-    epsilon_scaling: float | None = eqx.field(static=True, default=None)
-    newton: float | None = eqx.field(static=True, default=None)
+    momentum: float | str | None = eqx.field(static=True, default=UNSET)
+    anderson: int | None = eqx.field(static=True, default=UNSET)
+    epsilon_scaling: float | None = eqx.field(static=True, default=UNSET)
+    newton: float | None = eqx.field(static=True, default=UNSET)
     progress: Callable[[Array, Array], None] | None = eqx.field(static=True, default=None)
     progress_every: int = eqx.field(static=True, default=10)
+
+    def __post_init__(self):
+        # No option of the iteration given: the default iteration. Any given:
+        # exactly those, the others off.
+        given = {k: getattr(self, k) for k in ITERATION_OPTIONS if getattr(self, k) is not UNSET}
+        chosen = DEFAULT_ITERATION if not given else {**dict.fromkeys(ITERATION_OPTIONS), **given}
+        for k in ITERATION_OPTIONS:
+            setattr(self, k, chosen[k])
 
     def __check_init__(self):
         if not self.tol > 0:
@@ -117,10 +141,6 @@ class Sinkhorn(eqx.Module):
         return (self.momentum is None and self.anderson is None and self.epsilon_scaling is None
                 and self.newton is None)
 
-    @property
-    def sinkhorn_tol(self) -> float:
-        """Where the Sinkhorn iterations stop: `tol`, or where Newton takes over."""
-        return self.tol if self.newton is None else max(self.tol, self.newton)
 
 
 def report_progress(solver: Sinkhorn, iteration, error) -> None:
@@ -131,6 +151,21 @@ def report_progress(solver: Sinkhorn, iteration, error) -> None:
             lambda: jax.debug.callback(solver.progress, iteration, error),
             lambda: None,
         )
+
+
+def report_progress_between(solver: Sinkhorn, start, stop, error) -> None:
+    """`report_progress` for a step that took the iteration count from `start`
+    to `stop`: one call per multiple of `progress_every` in `(start, stop]`."""
+    if solver.progress is not None:
+        every = solver.progress_every
+        first = (start // every + 1) * every
+        count = jnp.maximum(0, (stop - first) // every + 1)
+
+        def call(i, carry):
+            jax.debug.callback(solver.progress, first + i * every, error)
+            return carry
+
+        jax.lax.fori_loop(0, count, call, 0)
 
 
 def finish(coupling: Coupling, throw: bool) -> Coupling:
@@ -197,8 +232,20 @@ def _solve(
             annealed = eps0 * jnp.asarray(scaling, dtype) ** it.astype(dtype)
             return jnp.maximum(annealed, epsilon), annealed <= epsilon
 
+    if solver.newton is None:
+        def done(state):
+            return state["err_target"] <= solver.tol
+    else:
+        def done(state):
+            # Newton takes over below `solver.newton`, if enough of the
+            # iteration budget is left for a Newton step.
+            switch = (state["err_target"] <= solver.newton) & (
+                state["it"] + NEWTON_MIN_BUDGET <= solver.max_iters
+            )
+            return (state["err_target"] <= solver.tol) | switch
+
     def cond(state):
-        return (state["it"] < solver.max_iters) & ~(state["err_target"] <= solver.sinkhorn_tol)
+        return (state["it"] < solver.max_iters) & ~done(state)
 
     def body(state):
         it, f = state["it"], state["f"]
@@ -278,13 +325,22 @@ def _solve(
             return Coupling(x, y, a, b, f, g, epsilon, cost, block_size=block_size,
                             sharding=sharding)
 
-        # Starts from the potentials whose error the Sinkhorn loop measured
-        # (at the target epsilon), also when that loop reached `tol` itself.
-        f, g, row, err, it, newton_passes = newton_phase(
-            make_coupling, a, b, epsilon, f, g, it, solver.max_iters, solver.tol,
-            lambda i, e: report_progress(solver, i, e),
+        def newton(f, g, f_hat, err, it, passes):
+            f, g, row, err, it, passes = newton_phase(
+                make_coupling, a, b, epsilon, f, g, it, passes, solver.max_iters, solver.tol,
+                lambda start, stop, e: report_progress_between(solver, start, stop, e),
+            )
+            return f, g, row, err, it, passes
+
+        def no_newton(f, g, f_hat, err, it, passes):
+            return f, g, a * jnp.exp((f - f_hat) / epsilon), err, it, passes
+
+        # From the potentials whose error the Sinkhorn loop measured (at the
+        # target epsilon), unless that loop ended at `tol` or at `max_iters`.
+        handover = (err > solver.tol) & (it < solver.max_iters)
+        f, g, row, err, it, passes = jax.lax.cond(
+            handover, newton, no_newton, f, g, f_hat, err, it, passes
         )
-        passes = passes + newton_passes.astype(passes.dtype)
         total_mass = jnp.sum(row)
     reg_ot_cost = (
         jnp.sum(a * (f - epsilon * log_a))

@@ -26,8 +26,9 @@ and Wirth 2017, "A Sinkhorn-Newton method for entropic optimal transport").
   gain, `O(err^2)`, falls below its rounding, the error's does not). The
   accepted trial's marginals are the next step's gradient and error.
 - If no trial is accepted, the step is one Sinkhorn iteration instead (a
-  `g` and an `f` update, which always raise the dual), so the loop keeps
-  making progress and ends at `tol` or at `max_iters` like any other variant.
+  `g` and an `f` update, which always raise the dual), and so are all later
+  steps: the loop keeps making progress and ends at `tol` or at `max_iters`
+  like any other variant.
 
 A Newton step with a full step length costs `CG steps + 3` passes: the
 reduced right-hand side, the CG products, the final product (shared with the
@@ -52,6 +53,9 @@ MAX_BACKTRACKS = 10
 ARMIJO = 1e-4
 #: Largest CG forcing term.
 ETA_MAX = 0.1
+#: Iterations of the budget (`max_iters`) that must be left for the Sinkhorn
+#: loop to hand over to Newton steps.
+NEWTON_MIN_BUDGET = 10
 
 
 def forcing_term(err, tol):
@@ -60,15 +64,21 @@ def forcing_term(err, tol):
     return jnp.minimum(jnp.maximum(eta, 0.5 * tol / err), 0.5)
 
 
-def newton_phase(make_coupling, a, b, epsilon, f, g, it, max_iters, tol, progress):
-    """Newton steps from `(f, g)` until the marginal error is `<= tol` or
-    `it` reaches `max_iters`.
+def newton_phase(make_coupling, a, b, epsilon, f, g, it, passes, max_iters, tol, progress):
+    """Newton steps from `(f, g)` until the marginal error is `<= tol` or the
+    iteration count reaches `max_iters`.
 
-    `make_coupling(f, g)` is the `Coupling` at the target epsilon;
-    `progress(it, err)` reports. **Returns:** `(f, g, row marginal, err, it,
-    passes)` of the last potentials.
+    Iterations are counted in units of a Sinkhorn iteration (two streaming
+    passes): a Newton step adds half its passes, rounded up, so `max_iters`
+    bounds the work whatever the variant. `it`, `passes`: iterations and
+    passes before this phase. `make_coupling(f, g)` is the `Coupling` at the
+    target epsilon; `progress(it_before, it_after, err)` reports.
+
+    **Returns:** `(f, g, row marginal, err, iterations, passes)` of the last
+    potentials.
     """
     log_a, log_b = jnp.log(a), jnp.log(b)
+    it0, passes0 = it, passes
 
     def error(row, col):
         return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
@@ -76,12 +86,15 @@ def newton_phase(make_coupling, a, b, epsilon, f, g, it, max_iters, tol, progres
     def dual(f, g, row):
         return jnp.dot(a, f) + jnp.dot(b, g) - epsilon * jnp.sum(row)
 
-    def direction(f, g, row, col, err):
+    def iterations(passes):
+        return it0 + (passes - passes0 + 1) // 2  # rounded up
+
+    def direction(f, g, row, col, err, max_steps):
         r, s = project_range(epsilon * (a - row), epsilon * (b - col))
         schur = NormalisedSchur.from_h(HOperator(make_coupling(f, g), row, col))
         z, stats, image = conjugate_gradient(
             schur.mv, schur.reduce(r, s), rtol=forcing_term(err, tol),
-            atol=schur.rounding_level(r, s), max_steps=CG_MAX_STEPS,
+            atol=schur.rounding_level(r, s), max_steps=max_steps,
             final_product=schur.mv_and_image,
         )
         df, dg = schur.recover(z, r, s, image)
@@ -113,26 +126,39 @@ def newton_phase(make_coupling, a, b, epsilon, f, g, it, max_iters, tol, progres
         return ok, point, tries
 
     def sinkhorn_iteration(f, g):
-        coupling = make_coupling(f, g)
-        g = epsilon * (log_b - row_logsumexp(coupling.transpose(), f))
+        g = epsilon * (log_b - row_logsumexp(make_coupling(f, g).transpose(), f))
         f = epsilon * (log_a - row_logsumexp(make_coupling(f, g), g))
         row, col = marginals(make_coupling(f, g))
         return f, g, row, col, error(row, col)
 
+    def newton_step(state):
+        f, g, row, col, err = (state[k] for k in ("f", "g", "row", "col", "err"))
+        # CG may use what is left of the budget, less the step's other passes.
+        budget = 2 * (max_iters - iterations(state["passes"])) - 3
+        df, dg, cg_passes = direction(f, g, row, col, err, jnp.clip(budget, 1, CG_MAX_STEPS))
+        ok, point, tries = line_search(f, g, row, col, err, df, dg)
+        return ok, point, cg_passes + tries
+
+    def skip(state):
+        point = tuple(state[k] for k in ("f", "g", "row", "col", "err"))
+        return jnp.asarray(False), point, jnp.zeros_like(state["passes"])
+
     def cond(state):
-        return (state["it"] < max_iters) & ~(state["err"] <= tol)
+        return (iterations(state["passes"]) < max_iters) & ~(state["err"] <= tol)
 
     def body(state):
-        f, g, row, col, err = (state[k] for k in ("f", "g", "row", "col", "err"))
-        df, dg, cg_passes = direction(f, g, row, col, err)
-        ok, point, tries = line_search(f, g, row, col, err, df, dg)
-        point = jax.lax.cond(ok, lambda: point, lambda: sinkhorn_iteration(f, g))
-        passes = state["passes"] + cg_passes + tries + jnp.where(ok, 0, 3)
+        ok, point, cost = jax.lax.cond(state["use_newton"], newton_step, skip, state)
+        # No step length accepted: a Sinkhorn iteration instead, and from then
+        # on only those (the Newton model is not to be trusted here).
+        point = jax.lax.cond(ok, lambda: point, lambda: sinkhorn_iteration(*point[:2]))
+        passes = state["passes"] + (cost + jnp.where(ok, 0, 3)).astype(state["passes"].dtype)
         f, g, row, col, err = point
-        progress(state["it"] + 1, err)
-        return dict(it=state["it"] + 1, f=f, g=g, row=row, col=col, err=err, passes=passes)
+        progress(iterations(state["passes"]), iterations(passes), err)
+        return dict(f=f, g=g, row=row, col=col, err=err, passes=passes, use_newton=ok)
 
     row, col = marginals(make_coupling(f, g))
-    state = dict(it=it, f=f, g=g, row=row, col=col, err=error(row, col), passes=jnp.asarray(1))
+    state = dict(f=f, g=g, row=row, col=col, err=error(row, col), passes=passes + 1,
+                 use_newton=jnp.asarray(True))
     state = jax.lax.while_loop(cond, body, state)
-    return tuple(state[k] for k in ("f", "g", "row", "err", "it", "passes"))
+    passes = state["passes"]
+    return state["f"], state["g"], state["row"], state["err"], iterations(passes), passes
