@@ -19,12 +19,16 @@ and Wirth 2017, "A Sinkhorn-Newton method for entropic optimal transport").
   `tol / (2 err)` on the last step so that it does not solve far below `tol`.
   CG from zero gives an ascent direction at every step, so a CG run cut by
   `CG_MAX_STEPS` still gives a usable (inexact) direction.
-- Line search: backtracking on the dual, `t = 1, 1/2, ...`, at most
-  `MAX_BACKTRACKS` halvings. A trial is one marginals pass (`sum P = sum P 1`),
+- Line search: backtracking on the dual, `t = t_max, t_max / 2, ...`, at
+  most `MAX_BACKTRACKS` halvings; `t_max <= 1` keeps every potential's move
+  within `MAX_MOVE * eps` (far from the optimum, a row with little mass gets
+  a step of `eps (a_i - r_i) / r_i`, where the exact correction is
+  `eps log(a_i / r_i)`). A trial is one marginals pass (`sum P = sum P 1`),
   and it is accepted when it raises the dual by Armijo's fraction of the
-  predicted gain or lowers the marginal error (near the optimum the dual's
-  gain, `O(err^2)`, falls below its rounding, the error's does not). The
-  accepted trial's marginals are the next step's gradient and error.
+  predicted gain, or, where the dual's change is below its rounding (near
+  the optimum the gain is `O(err^2)`), when it lowers the marginal error.
+  The accepted trial's marginals are the next step's gradient and error.
+  Every trial re-centres the free constant `(f + c, g - c)`.
 - If no trial is accepted, the step is one Sinkhorn iteration instead (a
   `g` and an `f` update, which always raise the dual), and so are all later
   steps: the loop keeps making progress and ends at `tol` or at `max_iters`
@@ -51,6 +55,8 @@ CG_MAX_STEPS = 1000
 MAX_BACKTRACKS = 10
 #: Armijo's fraction of the predicted gain.
 ARMIJO = 1e-4
+#: Largest move of a potential in one Newton step, in units of epsilon.
+MAX_MOVE = 10.0
 #: Largest CG forcing term.
 ETA_MAX = 0.1
 #: Iterations of the budget (`max_iters`) that must be left for the Sinkhorn
@@ -103,13 +109,26 @@ def newton_phase(make_coupling, a, b, epsilon, f, g, it, passes, max_iters, tol,
     def line_search(f, g, row, col, err, df, dg):
         value = dual(f, g, row)
         slope = jnp.dot(a - row, df) + jnp.dot(b - col, dg)
+        # Rounding level of the dual: below it, gains and losses are noise.
+        noise = 8 * jnp.finfo(f.dtype).eps * (
+            jnp.dot(a, jnp.abs(f)) + jnp.dot(b, jnp.abs(g)) + epsilon * jnp.sum(row)
+        )
+        # The quadratic model of exp is meaningless for moves of many epsilons.
+        size = jnp.maximum(jnp.max(jnp.abs(df)), jnp.max(jnp.abs(dg)))
+        t_max = jnp.minimum(1.0, MAX_MOVE * epsilon / jnp.maximum(size, jnp.finfo(f.dtype).tiny))
 
         def trial(t):
             ft, gt = f + t * df, g + t * dg
+            # Re-centre the free constant (f + c, g - c): potentials stay of the
+            # size of the costs, and rounding of f_i + g_j with them.
+            shift = jnp.mean(ft)
+            ft, gt = ft - shift, gt + shift
             row_t, col_t = marginals(make_coupling(ft, gt))
             err_t = error(row_t, col_t)
             gain = dual(ft, gt, row_t) - value
-            ok = jnp.isfinite(err_t) & ((gain >= ARMIJO * t * slope) | (err_t < err))
+            armijo = gain >= ARMIJO * t * slope
+            at_rounding = (jnp.abs(gain) <= noise) & (err_t < err)
+            ok = jnp.isfinite(err_t) & jnp.isfinite(gain) & (armijo | at_rounding)
             return ok, (ft, gt, row_t, col_t, err_t)
 
         def cond(state):
@@ -118,7 +137,7 @@ def newton_phase(make_coupling, a, b, epsilon, f, g, it, passes, max_iters, tol,
 
         def body(state):
             k, _, _ = state
-            ok, point = trial(0.5 ** k.astype(f.dtype))
+            ok, point = trial(t_max * 0.5 ** k.astype(f.dtype))
             return k + 1, ok, point
 
         start = (jnp.asarray(0), jnp.asarray(False), (f, g, row, col, err))
@@ -137,6 +156,8 @@ def newton_phase(make_coupling, a, b, epsilon, f, g, it, passes, max_iters, tol,
         budget = 2 * (max_iters - iterations(state["passes"])) - 3
         df, dg, cg_passes = direction(f, g, row, col, err, jnp.clip(budget, 1, CG_MAX_STEPS))
         ok, point, tries = line_search(f, g, row, col, err, df, dg)
+        # A failed search falls back from where it started, not its last trial.
+        point = jax.lax.cond(ok, lambda: point, lambda: (f, g, row, col, err))
         return ok, point, cg_passes + tries
 
     def skip(state):
