@@ -37,7 +37,7 @@ ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
 #: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given: the
 #: fastest at equal marginal error on the grid of `benchmarks/sinkhorn_speed.py`
 #: (benchmarks/results/sinkhorn_speed_newton_cpu.md).
-DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=0.1)
+DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=None)
 
 
 class Sinkhorn(eqx.Module):
