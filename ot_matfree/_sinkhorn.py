@@ -78,9 +78,17 @@ class Sinkhorn(eqx.Module):
       iterations above hand over to Newton steps on the dual: each solves
       the H-system of the current coupling by CG (one streaming pass per CG
       step, inexact with a forcing term) and takes a backtracking line
-      search on the dual (`_sinkhorn_newton.py`). A Newton step counts as one
-      iteration towards `max_iters`; it costs tens of passes where a
-      Sinkhorn iteration costs two (see `Coupling.num_passes`).
+      search on the dual (`_sinkhorn_newton.py`). A Newton step counts in
+      `num_iters` (and towards `max_iters`) as half its streaming passes,
+      rounded up: iterations are in units of a Sinkhorn iteration's two
+      passes (`Coupling.num_passes` is the exact count). The hand-over
+      needs at least 10 iterations of the budget left.
+
+    With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given,
+    the iteration is `DEFAULT_ITERATION` (`momentum="adaptive"`, measured the
+    fastest on the benchmark grid of docs/forward_solvers.md); with any of
+    them given, exactly those (the others off): `Sinkhorn(momentum=None)` is
+    plain Sinkhorn.
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
@@ -140,7 +148,6 @@ class Sinkhorn(eqx.Module):
         """No acceleration and no annealing: the plain iteration."""
         return (self.momentum is None and self.anderson is None and self.epsilon_scaling is None
                 and self.newton is None)
-
 
 
 def report_progress(solver: Sinkhorn, iteration, error) -> None:
