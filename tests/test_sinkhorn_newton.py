@@ -162,10 +162,11 @@ def test_progress_every_multiple_of_progress_every():
     x, y, a, b = problem(4, 15, 15, 2)
     solver = om.Sinkhorn(tol=1e-12, progress=lambda it, err: calls.append(int(it)),
                          progress_every=5, momentum=None, newton=0.5)
-    coupling = om.solve(x, y, a, b, epsilon=0.01, solver=solver)
+    coupling = om.solve(x, y, a, b, epsilon=0.05, solver=solver)
     jax.effects_barrier()
     assert calls == list(range(5, int(coupling.num_iters) + 1, 5))
-    plain = om.solve(x, y, a, b, epsilon=0.01, solver=om.Sinkhorn(tol=1e-12, momentum=None))
+    plain = om.solve(x, y, a, b, epsilon=0.05, solver=om.Sinkhorn(tol=1e-12, momentum=None),
+                     throw=False)
     assert int(coupling.num_iters) < int(plain.num_iters)  # Newton ran
 
 
