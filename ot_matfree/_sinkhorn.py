@@ -34,10 +34,13 @@ class _Unset:
 UNSET = _Unset()
 #: The options that choose the iteration.
 ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
-#: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given: the
-#: fastest at equal marginal error on the grid of `benchmarks/sinkhorn_speed.py`
-#: (benchmarks/results/sinkhorn_speed_newton_cpu.md).
-DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=None)
+#: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given:
+#: plain Sinkhorn. Adaptive momentum is the fastest at tolerance 1e-6 on the
+#: grid of `benchmarks/sinkhorn_speed.py`, but stalls at twice plain
+#: Sinkhorn's rounding floor (1.9e-14 against 9.4e-15, n = 12, float64), so
+#: tolerances near 1e-14 that plain Sinkhorn meets fail with it; see
+#: docs/forward_solvers.md.
+DEFAULT_ITERATION = dict(momentum=None, anderson=None, epsilon_scaling=None, newton=None)
 
 
 class Sinkhorn(eqx.Module):
@@ -85,10 +88,9 @@ class Sinkhorn(eqx.Module):
       needs at least 10 iterations of the budget left.
 
     With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given,
-    the iteration is `DEFAULT_ITERATION` (`momentum="adaptive"`, measured the
-    fastest on the benchmark grid of docs/forward_solvers.md); with any of
-    them given, exactly those (the others off): `Sinkhorn(momentum=None)` is
-    plain Sinkhorn.
+    the iteration is `DEFAULT_ITERATION` (plain Sinkhorn; pass
+    `momentum="adaptive"` for small epsilon, see docs/forward_solvers.md);
+    with any of them given, exactly those (the others off).
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
