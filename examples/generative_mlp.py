@@ -48,6 +48,7 @@ import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
+from shuffled_regression import Recorder  # noqa: E402  (the same trace as the regression example)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -105,20 +106,6 @@ def trial_loss(params, problem: Problem):
     converged = jnp.all(jnp.stack([p.converged for p in probes]))
     return jax.lax.cond(converged, lambda: problem.loss(params, TRIAL_SOLVER, throw=False),
                         lambda: jnp.array(jnp.inf, problem.x.dtype))
-
-
-class Recorder:
-    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.losses, self.times, self.start = [], [], time.perf_counter()
-
-    def __call__(self, value):
-        self.losses.append(float(value))
-        self.times.append(time.perf_counter() - self.start)
 
 
 def run_first_order(name, problem, params0, optimiser, steps):

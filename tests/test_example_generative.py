@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from .helpers import smoke_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def test_generative_mlp_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "generative_mlp.py"), "--quick", "--out",
          str(png)], capture_output=True, text=True, timeout=600,
+        env=smoke_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout

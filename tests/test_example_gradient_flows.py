@@ -1,10 +1,11 @@
 """`examples/gradient_flows.py --quick`: Newton-CG against gradient descent on
 the ott-jax tutorial's gradient flows, and the entropic bias of OT_eps."""
 
-import os
 import pathlib
 import subprocess
 import sys
+
+from .helpers import smoke_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,10 +31,7 @@ def test_gradient_flows_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(png)],
         capture_output=True, text=True, timeout=600,
-        # Compilation is most of this test's time; LLVM's optimisations are not needed
-        # at 25 points (16 s of CPU instead of 22 s).
-        env={**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
-                                         + " --xla_backend_optimization_level=0").strip()},
+        env=smoke_env(),  # 16 s of CPU instead of 22 s
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert png.stat().st_size > 0
