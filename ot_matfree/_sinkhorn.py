@@ -335,11 +335,10 @@ def _solve(
                             sharding=sharding)
 
         def newton(f, g, f_hat, err, it, passes):
-            f, g, row, err, it, passes = newton_phase(
+            return newton_phase(
                 make_coupling, a, b, epsilon, f, g, it, passes, solver.max_iters, solver.tol,
                 lambda start, stop, e: report_progress_between(solver, start, stop, e),
             )
-            return f, g, row, err, it, passes
 
         def no_newton(f, g, f_hat, err, it, passes):
             return f, g, a * jnp.exp((f - f_hat) / epsilon), err, it, passes
