@@ -24,6 +24,23 @@ from ._sinkhorn_newton import NEWTON_MIN_BUDGET, newton_phase
 from ._streaming import row_logsumexp
 
 
+class _Unset:
+    """Default of `Sinkhorn`'s iteration options: "not given"."""
+
+    def __repr__(self):
+        return "UNSET"
+
+
+UNSET = _Unset()
+#: The options that choose the iteration.
+ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
+#: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given:
+#: plain Sinkhorn. Adaptive momentum is the fastest at tolerance 1e-6 on the
+#: grid of `benchmarks/sinkhorn_speed.py`, but stalls at twice plain
+#: Sinkhorn's rounding floor (1.9e-14 against 9.4e-15, n = 12, float64), so
+#: tolerances near 1e-14 that plain Sinkhorn meets fail with it; see
+#: docs/forward_solvers.md.
+DEFAULT_ITERATION = dict(momentum=None, anderson=None, epsilon_scaling=None, newton=None)
 
 
 class Sinkhorn(eqx.Module):
@@ -70,11 +87,10 @@ class Sinkhorn(eqx.Module):
       passes (`Coupling.num_passes` is the exact count). The hand-over
       needs at least 10 iterations of the budget left.
 
-    With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given
-    the iteration is plain Sinkhorn; pass `momentum="adaptive"` for small
-    epsilon (not the default: it stalls at twice plain Sinkhorn's rounding
-    floor, 1.9e-14 against 9.4e-15 at n = 12 in float64; see
-    docs/forward_solvers.md).
+    With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given,
+    the iteration is `DEFAULT_ITERATION` (plain Sinkhorn; pass
+    `momentum="adaptive"` for small epsilon, see docs/forward_solvers.md);
+    with any of them given, exactly those (the others off).
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
@@ -86,12 +102,20 @@ class Sinkhorn(eqx.Module):
 
     tol: float = 1e-6
     max_iters: int = 10_000
-    momentum: float | str | None = eqx.field(static=True, default=None)
-    anderson: int | None = eqx.field(static=True, default=None)
-    epsilon_scaling: float | None = eqx.field(static=True, default=None)
-    newton: float | None = eqx.field(static=True, default=None)
+    momentum: float | str | None = eqx.field(static=True, default=UNSET)
+    anderson: int | None = eqx.field(static=True, default=UNSET)
+    epsilon_scaling: float | None = eqx.field(static=True, default=UNSET)
+    newton: float | None = eqx.field(static=True, default=UNSET)
     progress: Callable[[Array, Array], None] | None = eqx.field(static=True, default=None)
     progress_every: int = eqx.field(static=True, default=10)
+
+    def __post_init__(self):
+        # No option of the iteration given: the default iteration. Any given:
+        # exactly those, the others off.
+        given = {k: getattr(self, k) for k in ITERATION_OPTIONS if getattr(self, k) is not UNSET}
+        chosen = DEFAULT_ITERATION if not given else {**dict.fromkeys(ITERATION_OPTIONS), **given}
+        for k in ITERATION_OPTIONS:
+            setattr(self, k, chosen[k])
 
     def __check_init__(self):
         if not self.tol > 0:
