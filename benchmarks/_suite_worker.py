@@ -89,7 +89,10 @@ def aot(fn, *args):
 
 
 def _sinkhorn(tol, **opts):
-    return om.Sinkhorn(tol=tol, max_iters=MAX_ITERS, **opts)
+    """Plain Sinkhorn unless `opts` name the iteration: the committed cells ran
+    plain Sinkhorn, the default until 0.3 (the default is now adaptive momentum,
+    the `ours_adaptive` row)."""
+    return om.Sinkhorn(tol=tol, max_iters=MAX_ITERS, **(opts or dict(momentum=None)))
 
 
 # --------------------------------------------------------------------------- methods

@@ -47,13 +47,13 @@ WORKER = HERE / "_suite_worker.py"
 
 # (task, method): (label, time exponent in n). Order = row order.
 METHODS = {
-    ("forward", "ours"): ("ot_matfree `solve` (Sinkhorn, default options)", 2),
-    ("forward", "ours_adaptive"): ('ot_matfree `solve`, `Sinkhorn(momentum="adaptive")`', 2),
+    ("forward", "ours"): ("ot_matfree `solve`, `Sinkhorn(momentum=None)` (plain)", 2),
+    ("forward", "ours_adaptive"): ('ot_matfree `solve`, `Sinkhorn()` = `Sinkhorn(momentum="adaptive")`', 2),
     ("forward", "ott"): ("ott-jax `Sinkhorn`, dense `PointCloud`", 2),
     ("forward", "ott_online"): ("ott-jax `Sinkhorn`, online `PointCloud(batch_size)`", 2),
     ("forward", "pot_dense"): ('POT `ot.solve_sample(reg=eps)`, dense (`sinkhorn_log`)', 2),
     ("forward", "pot_lazy"): ("POT `ot.solve_sample(lazy=True)`", 2),
-    ("grad", "ours"): ("ot_matfree `jax.value_and_grad(ot_cost)`", 2),
+    ("grad", "ours"): ("ot_matfree `jax.value_and_grad(ot_cost)` (plain Sinkhorn)", 2),
     ("grad", "ott"): ("ott-jax `value_and_grad(reg_ot_cost)`, dense", 2),
     ("grad", "pot_dense"): ('POT `ot.solve_sample(reg=eps, grad="envelope")`, dense (torch)', 2),
     ("grad", "pot_lazy"): ("POT `ot.solve_sample(lazy=True)`", 2),

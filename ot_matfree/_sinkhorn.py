@@ -35,12 +35,10 @@ UNSET = _Unset()
 #: The options that choose the iteration.
 ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
 #: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given:
-#: plain Sinkhorn. Adaptive momentum is the fastest at tolerance 1e-6 on the
-#: grid of `benchmarks/sinkhorn_speed.py`, but stalls at twice plain
-#: Sinkhorn's rounding floor (1.9e-14 against 9.4e-15, n = 12, float64), so
-#: tolerances near 1e-14 that plain Sinkhorn meets fail with it; see
-#: docs/forward_solvers.md.
-DEFAULT_ITERATION = dict(momentum=None, anderson=None, epsilon_scaling=None, newton=None)
+#: adaptive momentum, the fastest at tolerance 1e-6 on the grid of
+#: `benchmarks/sinkhorn_speed.py` after Newton steps (which compile longer and
+#: were measured on that grid only); see docs/forward_solvers.md.
+DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=None)
 
 
 class Sinkhorn(eqx.Module):
@@ -66,8 +64,10 @@ class Sinkhorn(eqx.Module):
       in (0, 2) (`g <- g + w (T_g(f) - g)`, then `f` likewise; Thibault et
       al. 2021), or `"adaptive"`: plain for 20 iterations, then `w` set from
       the measured contraction `rho` as `2 / (1 + sqrt(1 - rho))` (Lehmann
-      et al. 2021) and re-estimated every 10 iterations; `w - 1` is halved
-      whenever the error grew over such a window (the safe step).
+      et al. 2021) and re-estimated every 10 iterations; `w` falls back to
+      1 (exactly plain Sinkhorn, whose columns are exact) whenever the error
+      grew over such a window (the safe step), and is estimated again from
+      the next window.
     - `anderson`: `None`, or the memory (number of past iterates, >= 2) of
       Anderson acceleration of the map `f -> T_f(T_g(f))`; restarted when
       the error grows. Cannot be combined with `momentum`.
@@ -88,9 +88,12 @@ class Sinkhorn(eqx.Module):
       needs at least 10 iterations of the budget left.
 
     With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given,
-    the iteration is `DEFAULT_ITERATION` (plain Sinkhorn; pass
-    `momentum="adaptive"` for small epsilon, see docs/forward_solvers.md);
-    with any of them given, exactly those (the others off).
+    the iteration is `DEFAULT_ITERATION` (adaptive momentum); with any of
+    them given, exactly those (the others off: `Sinkhorn(momentum=None)` is
+    plain Sinkhorn, `Sinkhorn(anderson=5)` Anderson alone). In float64 a
+    `tol` near 1e-14 is at the rounding floor of the marginal error (about
+    1e-14 at n = 12); which side of it an iteration stops on is luck, so
+    ask for 1e-13 or more.
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
@@ -266,13 +269,16 @@ def _solve(
             g = g_hat
         else:
             w = jnp.where(at_target, state["w"], 1.0)
-            g = state["g"] + w * (g_hat - state["g"])
+            # w = 1 is plain Sinkhorn, exactly: its columns are then exact, so
+            # the error reaches plain Sinkhorn's rounding floor.
+            g = jnp.where(w == 1, g_hat, state["g"] + w * (g_hat - state["g"]))
         f_hat = potential(geometry, log_a, g, eps)
         err = row_error(f, f_hat, eps)
         if momentum is not None:
             # Column sums of (f, g) are b_j exp((g_j - T_g(f)_j) / eps).
-            err = err + jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps)))
-            f_next = f + w * (f_hat - f)
+            # (Zero when w = 1: g is then T_g(f) itself, as in plain Sinkhorn.)
+            err = err + jnp.where(w == 1, 0.0, jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps))))
+            f_next = jnp.where(w == 1, f_hat, f + w * (f_hat - f))
             if momentum == "adaptive":
                 k = state["k"] + at_target.astype(state["k"].dtype)
                 w_next, err_ref, settling = adapt_momentum(

@@ -209,3 +209,47 @@ def test_bad_options_and_init_raise():
         om.solve(x, y, epsilon=0.5, init=other)
     with pytest.raises(Exception, match="NaN or inf"):
         om.solve(x, y, epsilon=0.5, init=(jnp.zeros(12), jnp.full(10, jnp.nan)))
+
+
+def test_default_is_adaptive_momentum():
+    assert om.Sinkhorn().momentum == "adaptive"
+    assert om.Sinkhorn(momentum=None).is_plain
+    # Naming an iteration option gives exactly the options named.
+    only_anderson = om.Sinkhorn(anderson=5)
+    assert only_anderson.anderson == 5 and only_anderson.momentum is None
+
+
+def test_adaptive_at_unit_weight_is_plain_sinkhorn_bit_for_bit():
+    """Before the first estimate (and after a safe-step reset) `w = 1`: the
+    iterates, and the reported error (no column term), are plain Sinkhorn's."""
+    x, y, a, b = problem(0, 12, 9, 1)
+
+    def run(momentum):
+        solver = om.Sinkhorn(tol=1e-300, max_iters=15, momentum=momentum)
+        return om.solve(x, y, a, b, epsilon=0.05, solver=solver, throw=False)
+
+    plain, adaptive = run(None), run("adaptive")
+    assert np.array_equal(plain.f, adaptive.f) and np.array_equal(plain.g, adaptive.g)
+    assert float(plain.marginal_error) == float(adaptive.marginal_error)
+
+
+def test_safe_step_resets_weight_to_exactly_one():
+    from ot_matfree._sinkhorn_accel import START, WINDOW, adapt_momentum
+
+    k = jnp.asarray(START + 2 * WINDOW)
+    w, settled = jnp.asarray(1.7), jnp.asarray(False)
+    grew = adapt_momentum(w, jnp.asarray(2.0), jnp.asarray(1.0), k, settled)[0]
+    assert float(grew) == 1.0
+    contracted = adapt_momentum(w, jnp.asarray(0.5), jnp.asarray(1.0), k, settled)[0]
+    assert float(contracted) >= 1.7
+
+
+@pytest.mark.parametrize("n, m, d, epsilon", [(12, 9, 1, 0.05), (15, 11, 2, 0.1), (7, 12, 3, 0.1)])
+def test_default_reaches_float64_floor(n, m, d, epsilon):
+    """The default solver converges at 1e-13 on the derivative tests' problems.
+    At this floor the dense error is rounding too (it differs from the
+    streamed one by about 5e-15), so it is bounded, not matched."""
+    x, y, a, b = problem(0, n, m, d)
+    coupling = om.solve(x, y, a, b, epsilon=epsilon, solver=om.Sinkhorn(tol=1e-13))
+    assert bool(coupling.converged)
+    assert dense_marginal_error(coupling) <= 1.1e-13
