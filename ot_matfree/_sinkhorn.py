@@ -64,10 +64,10 @@ class Sinkhorn(eqx.Module):
       in (0, 2) (`g <- g + w (T_g(f) - g)`, then `f` likewise; Thibault et
       al. 2021), or `"adaptive"`: plain for 20 iterations, then `w` set from
       the measured contraction `rho` as `2 / (1 + sqrt(1 - rho))` (Lehmann
-      et al. 2021) and re-estimated every 10 iterations; `w` falls back to
-      1 (exactly plain Sinkhorn, whose columns are exact) whenever the error
-      grew over such a window (the safe step), and is estimated again from
-      the next window.
+      et al. 2021) and re-estimated every 10 iterations; `w - 1` is halved
+      whenever the error grew over such a window (the safe step), and `w`
+      set to exactly 1 (plain Sinkhorn, columns exact) once `w - 1` would
+      fall below 0.2.
     - `anderson`: `None`, or the memory (number of past iterates, >= 2) of
       Anderson acceleration of the map `f -> T_f(T_g(f))`; restarted when
       the error grows. Cannot be combined with `momentum`.

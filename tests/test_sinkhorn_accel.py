@@ -211,14 +211,6 @@ def test_bad_options_and_init_raise():
         om.solve(x, y, epsilon=0.5, init=(jnp.zeros(12), jnp.full(10, jnp.nan)))
 
 
-def test_default_is_adaptive_momentum():
-    assert om.Sinkhorn().momentum == "adaptive"
-    assert om.Sinkhorn(momentum=None).is_plain
-    # Naming an iteration option gives exactly the options named.
-    only_anderson = om.Sinkhorn(anderson=5)
-    assert only_anderson.anderson == 5 and only_anderson.momentum is None
-
-
 def test_adaptive_at_unit_weight_is_plain_sinkhorn_bit_for_bit():
     """Before the first estimate (and after a safe-step reset) `w = 1`: the
     iterates, and the reported error (no column term), are plain Sinkhorn's."""
@@ -233,14 +225,18 @@ def test_adaptive_at_unit_weight_is_plain_sinkhorn_bit_for_bit():
     assert float(plain.marginal_error) == float(adaptive.marginal_error)
 
 
-def test_safe_step_resets_weight_to_exactly_one():
-    from ot_matfree._sinkhorn_accel import START, WINDOW, adapt_momentum
+def test_safe_step_halves_then_returns_to_exactly_one():
+    from ot_matfree._sinkhorn_accel import PLAIN_BELOW, START, WINDOW, adapt_momentum
 
-    k = jnp.asarray(START + 2 * WINDOW)
-    w, settled = jnp.asarray(1.7), jnp.asarray(False)
-    grew = adapt_momentum(w, jnp.asarray(2.0), jnp.asarray(1.0), k, settled)[0]
-    assert float(grew) == 1.0
-    contracted = adapt_momentum(w, jnp.asarray(0.5), jnp.asarray(1.0), k, settled)[0]
+    k, settled = jnp.asarray(START + 2 * WINDOW), jnp.asarray(False)
+    grew, ref = jnp.asarray(2.0), jnp.asarray(1.0)
+
+    def safe_step(w):
+        return float(adapt_momentum(jnp.asarray(w), grew, ref, k, settled)[0])
+
+    assert safe_step(1.7) == 1.35
+    assert safe_step(1 + 2 * PLAIN_BELOW - 0.01) == 1.0  # exactly plain Sinkhorn
+    contracted = adapt_momentum(jnp.asarray(1.7), jnp.asarray(0.5), ref, k, settled)[0]
     assert float(contracted) >= 1.7
 
 

@@ -37,9 +37,10 @@ def references():
 def test_default_iteration():
     """`Sinkhorn()` is the default iteration; naming any option gives exactly
     that option (the others off), so earlier call forms keep their meaning."""
-    assert om.Sinkhorn() == om.Sinkhorn(momentum=None)
-    assert om.Sinkhorn(tol=1e-3).momentum is None
+    assert om.Sinkhorn() == om.Sinkhorn(momentum="adaptive")
+    assert om.Sinkhorn(tol=1e-3).momentum == "adaptive"
     assert om.Sinkhorn().newton is None
+    assert not om.Sinkhorn().is_plain and om.Sinkhorn(momentum=None).is_plain
     plain = om.Sinkhorn(momentum=None)
     assert (plain.momentum, plain.anderson, plain.epsilon_scaling, plain.newton) == (
         None, None, None, None
