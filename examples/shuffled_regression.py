@@ -16,10 +16,10 @@ deviations 0.3, 0.05, 0.6; cluster means 2 * N(0, I_5), chosen here), n = 500,
 - Adam (optax, learning rate 1e-2), 2,000 iterations;
 - BFGS (optimistix).
 
-Every method is run twice with the same inputs: the first run compiles, the
-second is timed (wall-clock time of the second run; per-iteration times are
-host timestamps taken through `jax.debug.callback`, so they include the callback
-overhead). Losses, HVPs and parameter errors are printed as a table, and loss
+Every method is compiled ahead of time and then run once (its wall time
+excludes compilation; per-iteration times are host timestamps taken through
+`jax.debug.callback`, so they include the callback overhead; see
+`_second_order.py`, shared with `registration.py`). Losses, HVPs and parameter errors are printed as a table, and loss
 against iteration and against wall time is saved as a figure. In the traces an
 iteration is one gradient step, one SGD step, or one solver step (for
 Newton-CG with Armijo and BFGS a rejected trial point counts as a step, so
@@ -38,20 +38,23 @@ make every Sinkhorn solve take 1 to 10 s on 2 CPU cores (n = 60 to 500), so
 import argparse
 import os
 import tempfile
-import time
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
+from _second_order import (  # noqa: E402
+    first_reach,
+    plot_traces,
+    results_table,
+    run_bfgs,
+    run_first_order,
+    run_newton,
+)
+from matplotlib import pyplot as plt  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
 
@@ -93,125 +96,6 @@ def trial_loss(w, x, y):
     return om.ot_cost(x @ w, y, epsilon=EPSILON, solver=SOLVER, throw=False)
 
 
-class Recorder:
-    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.losses, self.times, self.start = [], [], time.perf_counter()
-
-    def __call__(self, value):
-        self.losses.append(float(value))
-        self.times.append(time.perf_counter() - self.start)
-
-
-def run_first_order(name, x, y, w0, optimiser, steps):
-    """`steps` iterations of an optax optimiser, in one jitted `lax.scan`."""
-    value_and_grad = jax.value_and_grad(loss)
-
-    @jax.jit
-    def solve(w0, x, y):
-        def body(carry, _):
-            w, state = carry
-            value, g = value_and_grad(w, x, y)
-            jax.debug.callback(recorder, value)  # loss at the iterate before this step
-            updates, state = optimiser.update(g, state, w)
-            return (optax.apply_updates(w, updates), state), None
-
-        (w, _), _ = jax.lax.scan(body, (w0, optimiser.init(w0)), None, length=steps)
-        return w
-
-    recorder = Recorder()
-    jax.block_until_ready(solve(w0, x, y))  # compile
-    recorder.reset()
-    w = jax.block_until_ready(solve(w0, x, y))
-    seconds = time.perf_counter() - recorder.start
-    final = float(jax.jit(loss)(w, x, y))
-    # The trace holds L(w_0), ..., L(w_{steps-1}); append the final iterate.
-    recorder.losses.append(final)
-    recorder.times.append(seconds)
-    return dict(name=name, w=w, iterations=steps, hvps=None, seconds=seconds,
-                losses=recorder.losses, times=recorder.times, offset=0)
-
-
-def run_newton(name, x, y, w0, *, sgd: bool, rtol, max_steps, key):
-    recorder = Recorder()
-    relaxed = optx.LearningRate(0.5)
-    newton = om.NewtonCG(rtol, rtol, search=relaxed if sgd else optx.BacktrackingArmijo(),
-                         progress=lambda info: recorder(info["loss"]))
-
-    if sgd:
-        def solve(w0, x, y):
-            return om.sgd_newton(loss, w0, x, y, key=key, batch_size=min(100, x.shape[0]),
-                                 learning_rate=1e-3, max_sgd_steps=10, newton=newton,
-                                 max_newton_steps=max_steps, throw=False)
-    else:
-        @eqx.filter_jit
-        def solve(w0, x, y):  # a line search: its trial points may be far out
-            return optx.minimise(lambda w, data: trial_loss(w, *data), newton, w0, (x, y),
-                                 max_steps=max_steps, throw=False)
-
-    sol, seconds, final = timed(solve, recorder, w0, x, y)
-    # `progress` reports, at step k, the loss of the point evaluated there
-    # (iterate k - 1): drop the first report (the initial loss, prepended
-    # below) and append the final iterate's.
-    losses, times = recorder.losses[1:] + [final], recorder.times[1:] + [seconds]
-    if not sgd:
-        # Armijo: rejected trial points are reported too; the last accepted
-        # loss is the running minimum (accepted losses decrease).
-        losses = list(jnp.minimum.accumulate(jnp.asarray(losses))) if losses else losses
-        losses = [float(v) for v in losses]
-    offset = int(sol.stats.get("num_sgd_steps", 0))
-    l0 = float(jax.jit(loss)(w0, x, y))
-    return dict(name=name, w=sol.value, iterations=offset + int(sol.stats["num_newton_steps"]),
-                hvps=int(sol.stats["num_hvps"]), seconds=seconds, losses=[l0, *losses],
-                times=[0.0, *times], offset=offset, result=sol.result,
-                sgd_steps=offset, newton_steps=int(sol.stats["num_newton_steps"]))
-
-
-def timed(solve, recorder, w0, x, y):
-    """`solve`'s second (compiled) run: the solution, its wall time, and the
-    loss at its end point evaluated with `loss` (which raises if the solve there fails)."""
-    jax.block_until_ready(solve(w0, x, y).value)  # compile
-    recorder.reset()
-    sol = solve(w0, x, y)
-    jax.block_until_ready(sol.value)
-    seconds = time.perf_counter() - recorder.start
-    return sol, seconds, float(jax.jit(loss)(sol.value, x, y))
-
-
-def run_bfgs(x, y, w0, *, rtol, max_steps):
-    recorder = Recorder()
-
-    def verbose(**kwargs):
-        jax.debug.callback(recorder, kwargs["loss_last_accepted_step"][1])
-
-    solver = optx.BFGS(rtol, rtol, verbose=verbose)
-
-    @eqx.filter_jit
-    def solve(w0, x, y):
-        return optx.minimise(lambda w, data: trial_loss(w, *data), solver, w0, (x, y),
-                             max_steps=max_steps, throw=False)
-
-    sol, seconds, final = timed(solve, recorder, w0, x, y)
-    # The trace is the loss at the last accepted point before each step (the
-    # first entry is the initial loss once the first step has evaluated it).
-    losses, times = recorder.losses[1:] + [final], recorder.times[1:] + [seconds]
-    return dict(name="BFGS (optimistix)", w=sol.value, iterations=int(sol.stats["num_steps"]),
-                hvps=None, seconds=seconds, losses=losses, times=times, offset=0,
-                result=sol.result)
-
-
-def first_reach(run, target):
-    """Iterations and seconds at which the trace first reaches `target` (or None)."""
-    for k, (value, t) in enumerate(zip(run["losses"], run["times"])):
-        if value <= target:
-            return (k + run["offset"] if k else 0), t
-    return None, None
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 60, few iterations")
@@ -243,35 +127,28 @@ def main():
           f"initial parameter error {float(jnp.linalg.norm(w0 - w) / jnp.linalg.norm(w)):.3f}")
 
     key = jax.random.PRNGKey(1)
+    max_newton = 30 if args.quick else 100
+    sgd = dict(key=key, batch_size=min(100, n), learning_rate=1e-3, max_sgd_steps=10)
     runs = [
-        run_newton("SGD-Newton (ours, relaxed 0.5)", x, y, w0, sgd=True, rtol=1e-7,
-                   max_steps=30 if args.quick else 100, key=key),
-        run_newton("Newton-CG (ours, Armijo)", x, y, w0, sgd=False, rtol=1e-7,
-                   max_steps=30 if args.quick else 100, key=key),
-        run_first_order("gradient descent (lr 1e-3)", x, y, w0, optax.sgd(1e-3), steps),
-        run_first_order("Adam (lr 1e-2)", x, y, w0, optax.adam(1e-2), steps),
-        run_bfgs(x, y, w0, rtol=1e-7, max_steps=30 if args.quick else 500),
+        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, w0,
+                   newton_search=optx.LearningRate(0.5), rtol=1e-7, max_steps=max_newton,
+                   sgd=sgd),
+        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, w0,
+                   newton_search=optx.BacktrackingArmijo(), rtol=1e-7, max_steps=max_newton),
+        run_first_order("gradient descent (lr 1e-3)", loss, x, y, w0, optax.sgd(1e-3), steps),
+        run_first_order("Adam (lr 1e-2)", loss, x, y, w0, optax.adam(1e-2), steps),
+        run_bfgs(loss, trial_loss, x, y, w0, rtol=1e-7, max_steps=30 if args.quick else 500),
     ]
     gd = runs[2]
     target = gd["losses"][-1]
     norm_w = float(jnp.linalg.norm(w))
-    header = (f"| {'method':<31} | iterations | HVPs | wall time (s) | final loss | "
-              f"rel. error of W_hat | iterations / s to reach GD's final loss |")
-    lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
-    for run in runs:
-        run["final"] = float(jax.jit(loss)(run["w"], x, y))
-        run["error"] = float(jnp.linalg.norm(run["w"] - w)) / norm_w
-        k, t = first_reach(run, target)
-        reach = "not reached" if k is None else f"{k} / {t:.2f}"
-        hvps = "-" if run["hvps"] is None else str(run["hvps"])
-        lines.append(f"| {run['name']:<31} | {run['iterations']:>10} | {hvps:>4} | "
-                     f"{run['seconds']:>13.2f} | {run['final']:>10.6f} | "
-                     f"{run['error']:>20.4f} | {reach:>39} |")
-    say("\n".join(lines))
+    error = lambda v: float(jnp.linalg.norm(v - w)) / norm_w  # noqa: E731
+    say(results_table(runs, loss, error, x, y, target, "rel. error of W_hat"))
     sgdn = runs[0]
     say(f"SGD-Newton: {sgdn['sgd_steps']} SGD steps + {sgdn['newton_steps']} relaxed Newton "
           f"steps; iterations count SGD and Newton steps (one gradient or one Newton step "
-          f"each), wall time is the second (compiled) run")
+          f"each), wall time is that of the compiled run; SGD-Newton's HVPs include its "
+          f"Lanczos definiteness checks")
     k, t = first_reach(sgdn, target)
     if k is not None:
         say(f"SGD-Newton reaches GD's final loss in {gd['iterations'] / max(k, 1):.0f}x fewer "
@@ -279,26 +156,7 @@ def main():
               f"error {gd['error'] / sgdn['error']:.1f}x smaller than GD's")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
-        its = list(range(len(run["losses"])))
-        if run["offset"]:  # SGD-Newton: the SGD stage is not traced, mark its end.
-            its = [0] + [run["offset"] + i for i in range(len(run["losses"]) - 1)]
-        axes[0].plot(its, run["losses"], label=run["name"], marker="." if len(its) < 60 else None)
-        axes[1].plot(run["times"], run["losses"], label=run["name"])
-    best = min(min(r["losses"]) for r in runs)
-    for ax, xlabel in zip(axes, ("iteration", "wall time (s, compiled, under load)")):
-        ax.set_xscale("symlog", linthresh=1) if xlabel == "iteration" else ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("loss - min loss + 1e-10")
-        ax.axhline(target, color="grey", ls=":", lw=0.8)
-    for ax in axes:  # plot the excess loss, log scale
-        for line in ax.get_lines()[:-1]:
-            line.set_ydata([v - best + 1e-10 for v in line.get_ydata()])
-        ax.get_lines()[-1].set_ydata([target - best + 1e-10] * 2)
-        ax.relim()
-        ax.autoscale_view()
-    axes[0].legend(fontsize=8)
+    plot_traces(axes, runs, target)
     fig.suptitle(f"Shuffled regression, Gaussian mixture, n = {n}, eps = {EPSILON} "
                  "(dotted: GD's final loss)")
     fig.tight_layout()
