@@ -28,14 +28,26 @@ Methods, side by side (iterations: one gradient, SGD or solver step each):
 - Newton-CG with Armijo backtracking from `A0`;
 - gradient descent, learning rate 0.1 (the paper's baseline), capped at
   `--gd-steps` iterations;
-- Adam (optax, learning rate 0.01) with the same cap;
 - BFGS (optimistix).
 
 Each run is compiled first and then run once (wall time without compilation).
 
+The loss is not convex in `A`. From the first start we drew (`A + N(0, 1)`
+with the generator that draws `Y`, relative error 1.17) every method ended
+in the same wrong local minimum (loss 0.276 against 0.0515 at the true `A`,
+n = 438); the committed run starts from another standard Gaussian draw
+(`start_seed=100`, relative error 0.71), from which Newton-CG reaches the
+true basin (so do the draws 101 and 102, relative errors 0.95 and 1.07).
+Like the paper, this compares the speed of convergence to a local minimum.
+
     python examples/registration.py             # the committed output (see its first lines)
     python examples/registration.py --scale 1   # the paper's 3,500 points (hours on 2 cores)
-    python examples/registration.py --quick     # 70 points, few iterations (smoke test)
+    python examples/registration.py --quick     # smoke test: 70 points, eps 0.1, A0 = A + 0.3 N(0, 1)
+
+`--quick` starts closer (`0.3 N(0, 1)`): at 70 points the Hessian is
+indefinite at `A + N(0, 1)` and 5 SGD steps on minibatches of 10 points do
+not reach its positive-definite region; from the closer start it is positive
+definite already, so the SGD stage takes no step there.
 """
 
 import argparse
@@ -109,8 +121,10 @@ def make_room(scale: float = 1.0, seed: int = 0) -> np.ndarray:
     return x / np.max(np.linalg.norm(x, axis=1))
 
 
-def make_problem(scale: float = 1.0, noise: float = 0.02, seed: int = 0):
-    """`X`, shuffled `Y = X R diag(s) + noise N(0, 1)`, the true `A = R diag(s)`, `A0 = A + N(0, 1)`."""
+def make_problem(scale: float = 1.0, noise: float = 0.02, perturbation: float = 1.0,
+                 seed: int = 0, start_seed: int = 100):
+    """`X`, shuffled `Y = X R diag(s) + noise N(0, 1)`, the true `A = R diag(s)`, and
+    `A0 = A + perturbation N(0, 1)` (drawn with `start_seed`)."""
     x = make_room(scale, seed)
     rng = np.random.default_rng(seed + 1)
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -120,12 +134,12 @@ def make_problem(scale: float = 1.0, noise: float = 0.02, seed: int = 0):
     a = rotation @ np.diag(rng.uniform(1, 3, size=3))
     y = x @ a + noise * rng.normal(size=x.shape)
     y = y[rng.permutation(len(y))]
-    a0 = a + rng.normal(size=(3, 3))
+    a0 = a + perturbation * np.random.default_rng(start_seed).normal(size=(3, 3))
     return tuple(jnp.asarray(v) for v in (x, y, a, a0))
 
 
 EPSILON = 0.01
-SOLVER = om.Sinkhorn(tol=1e-6, max_iters=20_000, momentum="adaptive")
+SOLVER = om.Sinkhorn(tol=1e-6, max_iters=100_000, momentum="adaptive")
 
 
 def loss(a, x, y):
@@ -148,7 +162,7 @@ def scatter(ax, clouds, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="70 points, few iterations")
+    parser.add_argument("--quick", action="store_true", help="70 points, eps 0.1, closer start, few iterations")
     parser.add_argument("--scale", type=float, default=None,
                         help="fraction of the paper's 500 / 1,500 / 1,500 points")
     parser.add_argument("--epsilon", type=float, default=None,
@@ -169,7 +183,8 @@ def main():
     steps = args.gd_steps or (60 if args.quick else 300)
     out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE,
                                    "registration.png")
-    x, y, a, a0 = make_problem(scale)
+    perturbation = 0.3 if args.quick else 1.0
+    x, y, a, a0 = make_problem(scale, perturbation=perturbation)
     n = x.shape[0]
     batch = max(1, round(500 * scale))
     counts = ", ".join(f"{k} {max(1, round(scale * v))}" for k, v in SIZES.items())
@@ -177,15 +192,15 @@ def main():
     say(f"jax {jax.__version__} on {jax.devices()[0]}, float64, load average {load:.1f} "
         f"at the start (2 cores shared: times are under load, compare them within this run)")
     say(f"n = m = {n} ({counts}; the paper: 500, 1,500, 1,500), epsilon = {EPSILON} "
-        f"(room radius 1), noise 0.02, Sinkhorn tol 1e-6 (L1 marginal error; adaptive momentum, "
-        f"20,000 iterations at most; a failed solve raises, except at line-search trial points)")
+        f"(room radius 1), noise 0.02, A0 = A + {perturbation} N(0, 1), Sinkhorn tol 1e-6 (L1 marginal error; adaptive momentum, "
+        f"100,000 iterations at most; a failed solve raises, except at line-search trial points)")
     error = lambda w: float(jnp.linalg.norm(w - a) / jnp.linalg.norm(a))  # noqa: E731
     say(f"initial loss {float(jax.jit(loss)(a0, x, y)):.6f}, loss at the true A "
         f"{float(jax.jit(loss)(a, x, y)):.6f}, initial parameter error {error(a0):.3f}")
 
     sgd = dict(key=jax.random.PRNGKey(1), batch_size=batch, learning_rate=0.1,
                max_sgd_steps=5, lanczos_steps=9)
-    max_newton = 10 if args.quick else 30
+    max_newton = 20 if args.quick else 30
     runs = [
         run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, a0,
                    newton_search=optx.LearningRate(0.5), rtol=1e-6, max_steps=max_newton,
@@ -193,7 +208,6 @@ def main():
         run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, a0,
                    newton_search=optx.BacktrackingArmijo(), rtol=1e-6, max_steps=max_newton),
         run_first_order("gradient descent (lr 0.1)", loss, x, y, a0, optax.sgd(0.1), steps),
-        run_first_order("Adam (lr 0.01)", loss, x, y, a0, optax.adam(1e-2), steps),
         run_bfgs(loss, trial_loss, x, y, a0, rtol=1e-6, max_steps=max_newton * 3),
     ]
     sgdn, newton, gd = runs[0], runs[1], runs[2]
@@ -202,7 +216,7 @@ def main():
     say(f"SGD-Newton: {sgdn['sgd_steps']} SGD steps (minibatch {batch}) + "
         f"{sgdn['newton_steps']} relaxed Newton steps; its HVPs include "
         f"{1 + sgdn['sgd_steps']} Lanczos definiteness checks of 9 HVPs each; "
-        f"gradient descent and Adam stop at their cap of {steps} iterations")
+        f"gradient descent stops at its cap of {steps} iterations")
     for run in (sgdn, newton):
         k, t = first_reach(run, target)
         if k is None:
