@@ -8,20 +8,31 @@ from 32 to 4,096, times one pass of
 - `apply` with 8 columns (`P @ V`, batched HVPs and the block Lanczos),
 - `schur_apply` (`P^T ((P z) * w)` in one pass, a CG step),
 
-next to the bare exps they contain (a scan over the same row blocks summing
-`exp(f_i + g_j)`, the floor of any pass). Prints a table of nanoseconds per
-element and the ratio to the fastest bare-exp time, saves them as markdown
+next to two floors, scanned over the same row blocks:
+
+- `bare exps`: row sums of `exp(f_i + g_j)`, the exps alone (no cost, no
+  epsilon);
+- `exps + cost`: row sums of the coupling's own block
+  `exp((f_i + g_j - C_ij) / eps)`, the cost block included
+  (`_streaming.logits`, as every pass forms it): what any pass must do.
+
+and, as the "before" of issue 9's apply kernel, `apply k=1 (C first)`: the
+same `P @ v` with the block formed as `C`, then `(f + g - C) / eps` (the
+form before `_streaming.logits`). Prints a table of nanoseconds per element
+and the ratios to the fastest time of each floor, saves them as markdown
 and a figure (`results/block_sizes_<device>.{md,png}`). The per-reduction
 CPU budgets in `ot_matfree/_coupling.py` (`CPU_BLOCK_BYTES`) are read off
 these curves: bytes per block = rows x m x width x itemsize at the optimum.
 
     python benchmarks/block_sizes.py                 # n = 10,000
+    python benchmarks/block_sizes.py --sizes 32,64 --out results/x.md   # focused
     python benchmarks/block_sizes.py --smoke --out /tmp/b.md
 """
 
 import argparse
 import functools
 import math
+import os
 import pathlib
 import statistics
 import time
@@ -35,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import _common as common  # noqa: E402
 from ot_matfree import Coupling  # noqa: E402
-from ot_matfree._streaming import apply, row_logsumexp, schur_apply  # noqa: E402
+from ot_matfree._streaming import apply, row_logsumexp, schur_apply, stream  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -64,8 +75,29 @@ def bare_exps(f, g, block):
     return jax.lax.scan(body, 0.0, fb)[1]
 
 
+def exps_and_cost(coupling):
+    """Row sums of the blocks of `P`: the cost block and its exps, nothing else."""
+
+    def block_fn(blk, rows, cols):
+        return jnp.sum(blk.probs(), axis=1), ()
+
+    return stream(coupling, block_fn, width=2, kind="apply")[0]
+
+
+def apply_cost_first(coupling, v):
+    """`P @ v` with the block formed as `C`, then `exp((f + g - C) / eps)`."""
+
+    def block_fn(blk, rows, cols):
+        (vc,) = cols
+        return blk.probs_and_cost()[0] @ vc, ()
+
+    return stream(coupling, block_fn, cols=(v,), width=2, kind="apply")[0]
+
+
 def passes(v1, v8, w):
     return {
+        "exps + cost": jax.jit(exps_and_cost),
+        "apply k=1 (C first)": jax.jit(lambda c: apply_cost_first(c, v1)),
         "row_logsumexp": jax.jit(lambda c: row_logsumexp(c, c.g)),
         "apply k=1": jax.jit(lambda c: apply(c, v=v1)[0]),
         "apply k=8": jax.jit(lambda c: apply(c, v=v8)[0]),
@@ -122,12 +154,16 @@ def main():
                 calls[(name, block)] = functools.partial(fn, c)
         medians = round_robin(calls, args.repeats)
         floor = min(t for (name, _), t in medians.items() if name == "bare exps")
-        for (name, block), t in sorted(medians.items(), key=lambda kv: (kv[0][0] != "bare exps",
-                                                                          kv[0][0], kv[0][1])):
+        floor_c = min(t for (name, _), t in medians.items() if name == "exps + cost")
+        order = ("bare exps", "exps + cost")
+        for (name, block), t in sorted(medians.items(), key=lambda kv: (
+                order.index(kv[0][0]) if kv[0][0] in order else 2, kv[0][0], kv[0][1])):
             ns = t / (n * n) * 1e9
             curves.setdefault((dtype_name, name), []).append((block, ns))
-            rows.append([dtype_name, name, block, f"{ns:.2f}", f"{t / floor:.2f}"])
+            rows.append([dtype_name, name, block, f"{ns:.2f}", f"{t / floor:.2f}",
+                         f"{t / floor_c:.2f}"])
             print(rows[-1], flush=True)
+    load = f" (load average {os.getloadavg()[0]:.1f} at the end)"
     best = []
     for (dtype_name, name), pts in curves.items():
         b, ns = min(pts, key=lambda p: p[1])
@@ -135,9 +171,12 @@ def main():
     text = (
         f"# Time per element of a streaming pass against rows per block\n\n"
         f"n = m = {n}, d = {d}, device {common.device_string()}; other jobs shared the cores "
-        f"(timings under load, median of {args.repeats}, all candidates timed in turns). "
-        f"`x bare` is the ratio to the fastest bare-exp scan (the floor of a pass).\n\n"
-        + common.markdown_table(["dtype", "pass", "rows/block", "ns/element", "x bare"], rows)
+        f"(timings under load{load}, median of {args.repeats}, all candidates timed in turns). "
+        f"`x bare` is the ratio to the fastest bare-exp scan (`exp(f_i + g_j)` only), "
+        f"`x exps+cost` to the fastest scan of the blocks of `P` themselves (cost block "
+        f"and exps, the floor of a pass).\n\n"
+        + common.markdown_table(
+            ["dtype", "pass", "rows/block", "ns/element", "x bare", "x exps+cost"], rows)
         + "\n\n## Fastest block per pass\n\n"
         + common.markdown_table(["dtype", "pass", "rows/block", "ns/element"], best)
         + "\n"

@@ -30,6 +30,7 @@ coupling.
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -55,7 +56,7 @@ def ours(options):
     def run(x, y, epsilon, max_iters):
         solver = om.Sinkhorn(tol=TOL, max_iters=max_iters, **options)
         c = om.solve(x, y, epsilon=epsilon, solver=solver, throw=False)
-        return c.f, c.g, c.num_iters, c.converged
+        return c.f, c.g, c.num_iters, c.converged, c.num_passes
 
     return run
 
@@ -83,7 +84,8 @@ def ott(kind):
                 threshold=TOL, max_iterations=MAX_ITERS[0], implicit_diff=None, **kwargs
             )
             out = solver(prob)
-        return out.f, out.g, out.n_iters, out.converged
+        # Two dense log-sum-exp passes per iteration.
+        return out.f, out.g, out.n_iters, out.converged, 2 * out.n_iters
 
     def run(x, y, epsilon, max_iters):
         assert max_iters == MAX_ITERS[0]
@@ -98,11 +100,14 @@ MAX_ITERS = [1500]
 
 
 SOLVERS = {
-    "ours plain": ours({}),
+    "ours plain": ours(dict(momentum=None)),
     "ours momentum adaptive": ours(dict(momentum="adaptive")),
     "ours anderson 5": ours(dict(anderson=5)),
     "ours scaling 0.5": ours(dict(epsilon_scaling=0.5)),
     "ours scaling 0.5 + adaptive": ours(dict(epsilon_scaling=0.5, momentum="adaptive")),
+    "ours default": ours({}),
+    "ours newton 0.1 (adaptive entry)": ours(dict(momentum="adaptive", newton=0.1)),
+    "ours newton 0.1 (anderson entry)": ours(dict(anderson=5, newton=0.1)),
     "ott plain": ott("plain"),
     "ott momentum start=20": ott("momentum 20"),
     "ott momentum start=100": ott("momentum 100"),
@@ -119,22 +124,32 @@ def true_error(x, y, f, g, epsilon):
     return float(jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b)))
 
 
-def run_grid(x, y, epsilons, max_iters, repeats, log, names):
+def run_grid(x, y, epsilons, max_iters, repeats, log, names, interleave=False):
+    """Every solver at every epsilon. `interleave`: per epsilon and repeat, the
+    solvers one after the other (times under a varying load stay comparable),
+    instead of one solver's whole grid after the other's."""
     rows = []
     for name in names:
-        run = SOLVERS[name]
-        common.block(run(x, y, 1.0, max_iters))  # compile
-        for eps in epsilons:
-            times = []
-            for _ in range(repeats):
+        common.block(SOLVERS[name](x, y, 1.0, max_iters))  # compile
+    order = ([[(name, eps) for name in names] for eps in epsilons] if interleave
+             else [[(name, eps)] for name in names for eps in epsilons])
+    for cells in order:
+        times = {cell: [] for cell in cells}
+        outs = {}
+        for _ in range(repeats):
+            for name, eps in cells:
                 t0 = time.perf_counter()
-                f, g, iters, conv = common.block(run(x, y, eps, max_iters))
-                times.append(time.perf_counter() - t0)
+                outs[name, eps] = common.block(SOLVERS[name](x, y, eps, max_iters))
+                times[name, eps].append(time.perf_counter() - t0)
+        for name, eps in cells:
+            f, g, iters, conv, passes = outs[name, eps]
             err = true_error(x, y, f, g, eps)
-            row = dict(solver=name, epsilon=eps, iters=int(iters), seconds=float(np.median(times)),
-                       error=err, reported=bool(conv), converged=err <= TOL)
-            log(f"{name:30s} eps={eps:<7g} iters={row['iters']:5d} t={row['seconds']:7.2f}s "
-                f"err={err:.2e} reported={row['reported']} true={row['converged']}")
+            row = dict(solver=name, epsilon=eps, iters=int(iters), passes=int(passes),
+                       seconds=float(np.median(times[name, eps])), error=err,
+                       reported=bool(conv), converged=err <= TOL, load=os.getloadavg()[0])
+            log(f"{name:34s} eps={eps:<7g} iters={row['iters']:5d} passes={row['passes']:5d} "
+                f"t={row['seconds']:7.2f}s err={err:.2e} reported={row['reported']} "
+                f"true={row['converged']} load={row['load']:.1f}")
             rows.append(row)
     return rows
 
@@ -188,6 +203,8 @@ def main():
     p.add_argument("--max-iters", type=int, default=1500)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per cell (median)")
     p.add_argument("--no-warm", action="store_true", help="skip the warm-start table")
+    p.add_argument("--interleave", action="store_true",
+                   help="per epsilon and repeat, run the solvers one after the other")
     p.add_argument("--solvers", nargs="+", default=None,
                    help="only the solvers whose name starts with one of these (e.g. ours ott)")
     p.add_argument("--merge", type=pathlib.Path, nargs="+", default=None,
@@ -215,16 +232,17 @@ def main():
         y = common.uniform_cloud(ky, args.n, 2)
         names = [k for k in SOLVERS if args.solvers is None
                  or any(k.startswith(prefix) for prefix in args.solvers)]
-        rows = run_grid(x, y, args.epsilons, args.max_iters, args.repeats, log, names)
+        rows = run_grid(x, y, args.epsilons, args.max_iters, args.repeats, log, names,
+                        args.interleave)
         warm_eps = args.epsilons[:1] if args.smoke else [e for e in args.epsilons if e >= 0.01]
         warm = [] if args.no_warm else run_warm(x, y, warm_eps, 5000, log)
         seconds = time.perf_counter() - t0
         out.with_suffix(".json").write_text(json.dumps(dict(rows=rows, warm=warm, seconds=seconds)))
-    header = ["solver", "epsilon", "iterations", "seconds", "true marginal error",
+    header = ["solver", "epsilon", "iterations", "passes", "seconds", "true marginal error",
               "reported converged", "true error <= 1e-6"]
     table = common.markdown_table(
-        header, [[r["solver"], r["epsilon"], r["iters"], r["seconds"], r["error"], r["reported"],
-                  r["converged"]] for r in rows]
+        header, [[r["solver"], r["epsilon"], r["iters"], r.get("passes", 2 * r["iters"]),
+                  r["seconds"], r["error"], r["reported"], r["converged"]] for r in rows]
     )
     text = [
         "# Sinkhorn variants at small epsilon (issue 9, part 3)",

@@ -10,10 +10,10 @@
 - ends with its final point re-evaluated by `loss`, which raises if the
   Sinkhorn solve there fails.
 
-The contract on failed solves: `loss` raises; `trial_loss` (the same loss with
-`throw=False`) is used only where a line search evaluates trial points
-(Newton-CG with Armijo, BFGS), which may lie far out where Sinkhorn does not
-converge; the value there is still an upper estimate, which the search rejects.
+The contract on failed solves: `loss` raises; `trial_loss` is used only where
+a line search evaluates trial points (Newton-CG with Armijo, BFGS), which may
+lie far out where Sinkhorn converges slowly or not at all: there it is
+`capped_cost`, `+inf` where a capped solve fails, which the search rejects.
 """
 
 import time
@@ -41,6 +41,23 @@ class Recorder:
     def __call__(self, value):
         self.losses.append(float(value))
         self.times.append(time.perf_counter() - self.start)
+
+
+def capped_cost(points, y, epsilon, solver):
+    """`ot_cost(points, y)` with `solver`, or `+inf` where `solver` does not
+    converge (within its `max_iters`, which caps the work spent on a trial point).
+
+    A probe solve runs first, without derivatives; the cost repeats it only
+    where it converged. `NewtonCG` reports a `+inf` at an accepted point as a
+    divergence.
+    """
+    probe = om.solve(jax.lax.stop_gradient(points), y, epsilon=epsilon, solver=solver,
+                     throw=False)
+    return jax.lax.cond(
+        probe.converged,
+        lambda: om.ot_cost(points, y, epsilon=epsilon, solver=solver, throw=False),
+        lambda: jnp.array(jnp.inf, points.dtype),
+    )
 
 
 def _run_compiled(solve, recorder, *args):

@@ -84,12 +84,16 @@ class Coupling(eqx.Module):
     - `x`, `y`, `a`, `b`: points (n, d), (m, d) and weights (n,), (m,).
     - `f`, `g`: dual potentials.
     - `epsilon`, `cost`: the regularisation and the ground cost.
-    - `num_iters`: Sinkhorn iterations used.
+    - `num_iters`: Sinkhorn iterations used (Newton steps count as one each).
     - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling (`solve`
       ends on a `g` update, so its column term is zero up to rounding).
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).
     - `result`: an `ot_matfree.RESULTS` status (`successful`, or
       `sinkhorn_max_iters_reached`).
+    - `num_passes`: streaming passes over the coupling the solve took (two
+      per Sinkhorn iteration; a Newton step's CG steps and line search
+      included): the load-independent measure of its cost. `None` where
+      not counted (`from_ott`, the symmetric self-term solve).
     - `block_size`: rows per streaming block (`None`: chosen per reduction
       from a memory budget; `"auto"`: measured once per reduction and shape,
       see `ot_matfree._streaming.autotune`).
@@ -114,6 +118,7 @@ class Coupling(eqx.Module):
     marginal_error: Float[Array, ""] | None = None
     reg_ot_cost: Float[Array, ""] | None = None
     result: RESULTS | None = None
+    num_passes: Int[Array, ""] | None = None
     block_size: int | str | None = eqx.field(static=True, default=None)
     sharding: RowSharding | None = eqx.field(static=True, default=None)
 

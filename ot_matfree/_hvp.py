@@ -2,9 +2,11 @@
 
 Formulas: `docs/math.md`. The HVP is the JVP of the gradient map
 `(x, y, a, b) -> (grad_x, grad_y, grad_a, grad_b)` of ott-jax's `reg_ot_cost`
-at fixed, converged potentials: a streaming pass for the right-hand side, one
-H-matrix solve by `linear_solver` (plus one pass for H's marginals when no
-solver state is given), and a streaming pass for the output.
+at fixed, converged potentials: a streaming pass for the right-hand side
+(which also gives H's marginals when no solver state is given, and the
+product that reduces the H-system to its smaller side), one H-matrix solve
+by `linear_solver`, and a streaming pass for the output. With CG that is
+`K + 3` passes for `K` CG steps (`tests/test_passes.py`).
 """
 
 import equinox as eqx
@@ -16,7 +18,7 @@ from jaxtyping import Array, Float
 from ._checks import check_tangent, error_if, error_if_failed
 from ._coupling import Coupling, upstream_status
 from ._operators import HOperator, h_operator
-from ._pair_reductions import gradients, tangent_gradients, tangent_marginals
+from ._pair_reductions import gradients, schur_rhs, tangent_gradients
 from ._results import RESULTS
 from ._sharding import auto_partitioned
 from ._solver._base import AbstractHSolver
@@ -97,7 +99,7 @@ def _checked_state(coupling: Coupling, linear_solver, state, operator=None):
 
 def solve_h(
     coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool,
-    operator: HOperator | None = None,
+    operator: HOperator | None = None, pushed=None,
 ):
     """`H^+ [r; s]` for the H-matrix of `coupling`: `(df, dg, stats)`.
 
@@ -105,10 +107,11 @@ def solve_h(
     coupling's own solve failed) or `linear_solve_failed`; with `throw` a
     failure raises through every output. `operator`: the H-matrix of
     `coupling` when the caller has already computed its marginals (used
-    only when `state` is `None`).
+    only when `state` is `None`). `pushed`: the product reducing `[r; s]`
+    to the smaller side, from the caller's pass (`schur_rhs`).
     """
     state = _checked_state(coupling, linear_solver, state, operator)
-    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s)
+    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s, pushed)
     upstream = upstream_status(coupling)
     failed = RESULTS.where(
         solve_result == lx.RESULTS.successful, RESULTS.successful, RESULTS.linear_solve_failed
@@ -147,23 +150,25 @@ def _batch_size(tangents: dict, shapes: dict) -> int | None:
 def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
     """`hvp` for one tangent (checked, `None` for zero): `(out, stats)`."""
     eps = coupling.epsilon
-    # The cost's first derivatives enter here: check them before the H-solve,
-    # whose own failure would otherwise be reported first. Without a solver
-    # state the same pass gives H's marginals.
-    operator = None
+    # One pass: the right-hand side, the product reducing it to the smaller
+    # side, and (without a solver state) H's marginals. The cost's first
+    # derivatives enter here: check them before the H-solve, whose own
+    # failure would otherwise be reported first.
+    operator, marginal = None, None
+    if solver_state is not None:
+        solver_state = _checked_state(coupling, linear_solver, solver_state)
+        held = solver_state.operator
+        marginal = held.b_hat if coupling.shape[1] > coupling.shape[0] else held.a_hat
+    r, s, a_hat, b_hat, pushed = schur_rhs(
+        coupling, dx, dy, None if da is None else eps * da, None if db is None else eps * db,
+        marginal,
+    )
     if solver_state is None:
-        r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, with_marginals=True)
         operator = HOperator(coupling, a_hat, b_hat)
-    else:
-        r, s = tangent_marginals(coupling, dx, dy)
     r, s = check_finite((r, s), coupling, throw)
-    if da is not None:
-        r = r + eps * da
-    if db is not None:
-        s = s + eps * db
     df, dg, stats = solve_h(
         coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw,
-        operator=operator,
+        operator=operator, pushed=pushed,
     )
     out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
     # A non-finite cost derivative is the root cause of any failure it leads to.

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from ._config import Config
 from ._hvp import solve_h
 from ._operators import HOperator, h_operator
-from ._pair_reductions import tangent_marginals
+from ._pair_reductions import schur_rhs
 
 #: Raised when a second derivative is requested in reverse mode.
 REVERSE_OVER_REVERSE_MSG = (
@@ -66,13 +66,15 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     tx, ty, ta, tb, t_eps = tangents
     check_no_epsilon_tangent(t_eps)
     coupling = config.solve(x, y, a, b, epsilon)
-    # `None` tangents: terms skipped. H's marginals come from the same pass.
-    r, s, a_hat, b_hat = tangent_marginals(coupling, tx, ty, with_marginals=True)
-    r = r + epsilon * _zeros(ta, a)
-    s = s + epsilon * _zeros(tb, b)
+    # `None` tangents: terms skipped. H's marginals and the product reducing
+    # the H-system to its smaller side come from the same pass.
+    r, s, a_hat, b_hat, pushed = schur_rhs(
+        coupling, tx, ty, None if ta is None else epsilon * ta,
+        None if tb is None else epsilon * tb,
+    )
     df, dg, _ = solve_h(
         coupling, r, s, linear_solver=config.linear_solver, throw=config.throw,
-        operator=HOperator(coupling, a_hat, b_hat),
+        operator=HOperator(coupling, a_hat, b_hat), pushed=pushed,
     )
     return (coupling.f, coupling.g), forward_only((df, dg))
 

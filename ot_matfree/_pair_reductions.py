@@ -140,6 +140,86 @@ def tangent_marginals(
     return r, s, a_hat, b_hat
 
 
+def schur_rhs(
+    coupling: Coupling,
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
+    extra_r: Float[Array, " n"] | None = None,
+    extra_s: Float[Array, " m"] | None = None,
+    marginal: Float[Array, " big"] | None = None,
+):
+    """The HVP's right-hand side and the product its Schur reduction needs, in one pass.
+
+    `r = sum_j P_ij dC_ij + extra_r`, `s = sum_i P_ij dC_ij + extra_s` (as
+    `tangent_marginals`; `None` terms are zero). With `Q` the coupling
+    oriented (larger side) x (smaller side) (`P`, or `P^T` when `m > n`, as
+    in `_solver/_schur.py`), `big` the part of `[r; s]` on `Q`'s rows and
+    `p` `Q`'s row marginal, also `pushed = (Q^T (big / p), Q^T (1 / p))`,
+    which the reduction of the H-system to the smaller side would otherwise
+    compute in a pass of its own (`_solver._schur.reduced_system`). `Q` is
+    streamed with its rows as row blocks, so a block's `big` and `p` are
+    complete within it and `Q_b^T [big_b / p_b, 1 / p_b]` accumulates over
+    the smaller side in the same scan step.
+
+    `marginal`: `p` when the caller has it (a solver state's H-matrix), else
+    it is computed in this pass, and so is the other marginal.
+
+    **Returns:** `(r, s, a_hat, b_hat, pushed)`; `a_hat = P 1` and
+    `b_hat = P^T 1` are `None` when `marginal` is given. On a sharded
+    coupling a block's row sums are complete only after the whole ring:
+    there `pushed` is `None` (the reduction takes its own pass).
+    """
+    (n, _), (m, d) = coupling.x.shape, coupling.y.shape
+    dtype = coupling.x.dtype
+    if coupling.sharding is not None:
+        if marginal is None:
+            r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, with_marginals=True)
+        else:
+            (r, s), a_hat, b_hat = tangent_marginals(coupling, dx, dy), None, None
+        r = r if extra_r is None else r + extra_r
+        s = s if extra_s is None else s + extra_s
+        return r, s, a_hat, b_hat, None
+    swapped = m > n
+    q = coupling.transpose() if swapped else coupling
+    rows = (dy, extra_s, marginal) if swapped else (dx, extra_r, marginal)
+    cols = (dx,) if swapped else (dy,)
+    extra_small = extra_r if swapped else extra_s
+
+    def block_fn(blk, rows, cols):
+        (t_row, e_row, p_row), (t_col,) = rows, cols
+        p = blk.probs()
+        k, c = p.shape
+        if t_row is None and t_col is None:
+            row, col = jnp.zeros((k,), dtype), jnp.zeros((c,), dtype)
+        else:
+            pdc = p * _dc_block(blk.cost, blk.x, blk.y, t_row, t_col)
+            row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        big = row if e_row is None else row + e_row
+        row_marginal = jnp.sum(p, axis=1) if p_row is None else p_row
+        # Padded rows have no mass: their share is zero, not 0 / 0.
+        inv = jnp.where(blk.valid, 1 / jnp.where(blk.valid, row_marginal, 1), 0.0)
+        pushed = (p.T @ (big * inv), p.T @ inv)
+        if p_row is not None:
+            return big, (col, pushed)
+        return (big, row_marginal), (col, pushed, jnp.sum(p, axis=0))
+
+    small = m if not swapped else n
+    zeros = jnp.zeros((small,), dtype)
+    col_init = (zeros, (zeros, zeros)) if marginal is not None else (zeros, (zeros, zeros), zeros)
+    width = block_width(coupling.cost, d) + 1
+    row_out, col_out = stream(q, block_fn, rows, cols, col_init, width=width)
+    if marginal is None:
+        (big, big_marginal), (small_rhs, pushed, small_marginal) = row_out, col_out
+    else:
+        (big, big_marginal), (small_rhs, pushed) = (row_out, None), col_out
+        small_marginal = None
+    if extra_small is not None:
+        small_rhs = small_rhs + extra_small
+    if swapped:
+        return small_rhs, big, small_marginal, big_marginal, pushed
+    return big, small_rhs, big_marginal, small_marginal, pushed
+
+
 def tangent_gradients(
     coupling: Coupling,
     dx: Float[Array, "n d"] | None,

@@ -1,5 +1,7 @@
 """Problem factories, tolerances and the ott-jax oracle shared by the tests."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 from ott.geometry import pointcloud
@@ -11,6 +13,14 @@ from ott.solvers.linear import sinkhorn
 SINKHORN_TOL = 1e-13
 #: Relative agreement demanded of derivatives against ott-jax (float64).
 RTOL = 1e-7
+
+
+def smoke_env(**extra):
+    """Environment of the scripts the smoke tests run: compilation is most of
+    their time and LLVM's optimisations are not needed at smoke sizes (timings
+    are never checked), so XLA compiles at `--xla_backend_optimization_level=0`."""
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    return {**os.environ, "XLA_FLAGS": flags, **extra}
 
 
 def problem(seed, n, m, d, *, uniform=False, shift=0.5, dtype=jnp.float64):

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from .helpers import smoke_env
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -19,6 +21,7 @@ def _run(script, out):
         capture_output=True,
         text=True,
         timeout=300,
+        env=smoke_env(),
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -66,6 +69,7 @@ def peers_quick(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=300,
+        env=smoke_env(),
     )
     assert proc.returncode == 0, f"peers.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return out
@@ -94,10 +98,8 @@ def test_peers_quick_peer(peers_quick, module):
     assert not any("failed" in ln for ln in lines), "\n".join(lines)
 def test_sinkhorn_speed_smoke(tmp_path):
     """Forward-solver grid (ours and ott-jax's variants) at n = 200."""
-    import os
-
     out = tmp_path / "result.md"
-    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent)}
+    env = smoke_env(PYTHONPATH=str(BENCHMARKS.parent))
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "sinkhorn_speed.py"), "--smoke", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env,

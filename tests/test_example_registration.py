@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from .helpers import smoke_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -16,7 +18,7 @@ def test_registration_quick(tmp_path):
     png = tmp_path / "registration.png"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "registration.py"), "--quick", "--out", str(png)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=smoke_env(),
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = proc.stdout

@@ -4,12 +4,14 @@ import pathlib
 import subprocess
 import sys
 
+from .helpers import smoke_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
     proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=smoke_env())
     assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -103,13 +103,46 @@ def _scans(jaxpr):
 
 
 @pytest.mark.parametrize("n, m", [(10, 7), (7, 10)])
-def test_hvp_runs_one_pass_per_cg_step_and_four_more(n, m):
+def test_hvp_runs_one_pass_per_cg_step_and_three_more(n, m):
     c = solved(n, m)
     v = jax.random.normal(jax.random.PRNGKey(5), (n, 2))
     jaxpr = jax.make_jaxpr(lambda v: om.hvp_x(c, v, linear_solver=CG))(v).jaxpr
-    # Outside the loop: marginals with the right-hand side, its reduction,
-    # the final residual with the recovery, the output. 2K + 7 before.
-    assert _scans(jaxpr) == (4, 1)
+    # Outside the loop: marginals with the right-hand side and its reduction
+    # to the smaller side, the final residual with the recovery, the output.
+    # 2K + 7 before issue 9, K + 4 before the reduction joined the first pass.
+    assert _scans(jaxpr) == (3, 1)
+
+
+@pytest.mark.parametrize("n, m", [(10, 7), (7, 10)])
+def test_hvp_with_solver_state_runs_three_passes_around_cg(n, m):
+    c = solved(n, m)
+    state = CG.init(om.h_operator(c), {})
+    v = jax.random.normal(jax.random.PRNGKey(5), (n, 2))
+    jaxpr = jax.make_jaxpr(
+        lambda v: om.hvp_x(c, v, linear_solver=CG, solver_state=state))(v).jaxpr
+    assert _scans(jaxpr) == (3, 1)
+
+
+@pytest.mark.parametrize("block", [3, None])
+@pytest.mark.parametrize("n, m", [(11, 7), (7, 11)])
+def test_fused_reduction_matches_its_own_pass(n, m, block):
+    """The right-hand side pass's `Q^T (big / p)` against `reduce`'s own pass,
+    with weight tangents whose sums differ (the range shift is nonzero)."""
+    from ot_matfree._pair_reductions import schur_rhs
+    from ot_matfree._solver._schur import reduced_system
+
+    c = solved(n, m, block_size=block)
+    keys = jax.random.split(jax.random.PRNGKey(9), 4)
+    dx, dy = jax.random.normal(keys[0], (n, 2)), jax.random.normal(keys[1], (m, 2))
+    ea, eb = jax.random.normal(keys[2], (n,)), jax.random.normal(keys[3], (m,))
+    op = om.h_operator(c)
+    for marginal in (None, op.b_hat if m > n else op.a_hat):
+        r, s, a_hat, b_hat, pushed = schur_rhs(c, dx, dy, ea, eb, marginal)
+        if marginal is None:
+            assert rel_err(a_hat, op.a_hat) < 1e-13 and rel_err(b_hat, op.b_hat) < 1e-13
+        _, _, _, fused = reduced_system(op, r, s, pushed)
+        _, _, _, own = reduced_system(op, r, s)
+        assert rel_err(fused, own) < 1e-12
 
 
 # --------------------------------------------------------------------------- batches
@@ -221,7 +254,7 @@ def test_block_size_auto_is_validated():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["passes.py", "block_sizes.py"])
+@pytest.mark.parametrize("script", ["passes.py", "block_sizes.py", "hvp_vs_ott.py"])
 def test_benchmark_smoke(script, tmp_path):
     import os
     import pathlib
@@ -237,4 +270,4 @@ def test_benchmark_smoke(script, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    assert "| n" in text or "| dtype" in text
+    assert "| n" in text or "| dtype" in text or "| case" in text

@@ -29,15 +29,17 @@ def available(backend: str = "tensorized"):
     return ok, f"{why}, pykeops {kwhy}"
 
 
-def value_and_grad(x_np, y_np, epsilon, *, scaling, backend="tensorized"):
-    """`() -> (value, grad_x)` in OUR convention (GeomLoss's doubled)."""
+def value_and_grad(x_np, y_np, epsilon, *, scaling, backend="tensorized", debias=True):
+    """`() -> (value, grad_x)` in OUR convention (GeomLoss's doubled). `debias=False`:
+    the entropic OT cost itself (its dual value, ott's `reg_ot_cost` at
+    convergence) instead of the divergence."""
     import torch
     from geomloss import SamplesLoss
 
     dt = {"float32": torch.float32, "float64": torch.float64}[str(x_np.dtype)]
     y = torch.as_tensor(y_np, dtype=dt)
     loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(epsilon / 2), scaling=scaling,
-                       debias=True, backend=backend)
+                       debias=debias, backend=backend)
 
     def run():
         x = torch.tensor(x_np, dtype=dt, requires_grad=True)

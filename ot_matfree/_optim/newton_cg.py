@@ -89,6 +89,12 @@ class NewtonCG(optx.AbstractMinimiser):
     (`optimistix.RESULTS.nonlinear_max_steps_reached` with `throw=False`), a
     non-finite gradient or curvature is `RESULTS.nonlinear_divergence`. Errors
     raised inside `fn` (ot_matfree's losses with `throw=True`) propagate.
+
+    Points where `fn` cannot be evaluated: let `fn` return `+inf` (or NaN)
+    there, e.g. where a Sinkhorn solve did not converge. At a line-search
+    trial point that is a rejected step (Armijo backtracks); at an accepted
+    point (the start, or any point under `optimistix.LearningRate`) it is
+    `RESULTS.nonlinear_divergence`.
     """
 
     rtol: float
@@ -210,12 +216,15 @@ class NewtonCG(optx.AbstractMinimiser):
             )
             terminate = ~state.first_step & terminate
             return state.y_eval, optx.FunctionInfo.EvalGrad(f_eval, grad), aux_eval, (
-                descent_state), terminate
+                descent_state), terminate, jnp.isfinite(f_eval)
 
         def rejected(descent_state):
-            return y, state.f_info, state.aux, descent_state, jnp.array(False)
+            return y, state.f_info, state.aux, descent_state, jnp.array(False), jnp.array(True)
 
-        y, f_info, aux, descent_state, terminate = jax.lax.cond(
+        # A non-finite value (e.g. a loss that returns +inf where its solve
+        # failed) fails Armijo's test, so at a trial point it is a rejected
+        # step; accepted anyway (the first point, a fixed step) it is a divergence.
+        y, f_info, aux, descent_state, terminate, finite_value = jax.lax.cond(
             accept, accepted, rejected, state.descent_state
         )
         y_descent, descent_result = self.descent.step(step_size, descent_state)
@@ -223,6 +232,7 @@ class NewtonCG(optx.AbstractMinimiser):
         result = optx.RESULTS.where(
             search_result == optx.RESULTS.successful, descent_result, search_result
         )
+        result = optx.RESULTS.where(finite_value, result, optx.RESULTS.nonlinear_divergence)
         num_accepted = state.num_accepted_steps + jnp.where(accept, 1, 0)
         grad_norm = jnp.sqrt(tree_dot(grad, grad))
         self.verbose(

@@ -48,14 +48,19 @@ def check_h_operator(operator) -> HOperator:
     return operator
 
 
+def range_shift(r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
+    """The `c` with `[r - c; s + c]` orthogonal to the null vector `(1_n, -1_m)`."""
+    n, m = r.shape[0], s.shape[0]
+    return (jnp.sum(r) - jnp.sum(s)) / (n + m)
+
+
 def project_range(r: Float[Array, " n"], s: Float[Array, " m"]):
     """Remove the component of `[r; s]` along the null vector `(1_n, -1_m)`.
 
     Makes the system consistent (`sum(r) = sum(s)`); a no-op when it already
     is. Solving the projected system gives the least-squares solution.
     """
-    n, m = r.shape[0], s.shape[0]
-    shift = (jnp.sum(r) - jnp.sum(s)) / (n + m)
+    shift = range_shift(r, s)
     return r - shift, s + shift
 
 
@@ -93,9 +98,15 @@ class AbstractHSolver(lx.AbstractLinearSolver):
 
     @abc.abstractmethod
     def solve_split(
-        self, state, r: Float[Array, " n"], s: Float[Array, " m"]
+        self, state, r: Float[Array, " n"], s: Float[Array, " m"], pushed=None
     ) -> tuple[Float[Array, " n"], Float[Array, " m"], lx.RESULTS, dict[str, Array]]:
-        """`(df, dg, result, stats)` for the right-hand side `[r; s]`."""
+        """`(df, dg, result, stats)` for the right-hand side `[r; s]`.
+
+        `pushed`: `(Q^T (big / p), Q^T (1 / p))` for this `[r; s]` when the
+        caller computed it in its own pass (`_pair_reductions.schur_rhs`);
+        solvers that reduce to the Schur complement use it instead of a pass
+        (`_schur.reduced_system`), the others ignore it.
+        """
 
     @auto_partitioned
     def compute(self, state, vector, options):

@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 
 from .._operators import CouplingOperator, HOperator
 from .._streaming import schur_apply
-from ._base import fix_gauge
+from ._base import fix_gauge, range_shift
 
 
 class NormalisedSchur(eqx.Module):
@@ -76,10 +76,17 @@ class NormalisedSchur(eqx.Module):
         q_y, out = self._products(z)
         return self.project(z - out), q_y
 
-    def reduce(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, " small"]:
-        """Right-hand side of the normalised system (orthogonal to the null vector)."""
+    def reduce(
+        self, r: Float[Array, " n"], s: Float[Array, " m"],
+        moved: Float[Array, " small"] | None = None,
+    ) -> Float[Array, " small"]:
+        """Right-hand side of the normalised system (orthogonal to the null vector).
+
+        `moved`: `Q^T (big / p)` when already computed, else one pass.
+        """
         big, small = (s, r) if self.swapped else (r, s)
-        return self.project((small - self.q_op.T.mv(big / self.p)) / jnp.sqrt(self.q))
+        moved = self.q_op.T.mv(big / self.p) if moved is None else moved
+        return self.project((small - moved) / jnp.sqrt(self.q))
 
     def rounding_level(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
         """Absolute residual below which the reduced right-hand side is rounding noise.
@@ -103,3 +110,23 @@ class NormalisedSchur(eqx.Module):
         d_big = (big - image) / self.p
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
         return fix_gauge(df, dg)
+
+
+def reduced_system(operator: HOperator, r: Float[Array, " n"], s: Float[Array, " m"], pushed=None):
+    """`(schur, r, s, b)`: the normalised Schur complement of `operator`,
+    `[r; s]` moved into H's range (`project_range`), and the reduced
+    right-hand side `b = schur.reduce(r, s)`.
+
+    `pushed = (Q^T (big / p), Q^T (1 / p))` for the `[r; s]` given (the
+    caller's own pass, `_pair_reductions.schur_rhs`) replaces `reduce`'s
+    pass: moving into the range shifts `big` by a constant `c`, and
+    `Q^T ((big + c) / p) = Q^T (big / p) + c Q^T (1 / p)`.
+    """
+    shift = range_shift(r, s)
+    r, s = r - shift, s + shift
+    schur = NormalisedSchur.from_h(operator)
+    moved = None
+    if pushed is not None:
+        to_big, to_one = pushed
+        moved = to_big + (shift if schur.swapped else -shift) * to_one
+    return schur, r, s, schur.reduce(r, s, moved)

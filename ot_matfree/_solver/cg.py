@@ -23,9 +23,8 @@ from ._base import (
     check_cg_options,
     check_h_operator,
     default_rtol,
-    project_range,
 )
-from ._schur import NormalisedSchur
+from ._schur import reduced_system
 
 
 #: Multiple of machine epsilon that counts as a backward error at rounding level.
@@ -153,12 +152,11 @@ class CG(AbstractHSolver):
     def init(self, operator, options):
         return CGState(check_h_operator(operator))
 
-    def solve_split(self, state, r, s):
-        r, s = project_range(r, s)
-        schur = NormalisedSchur.from_h(state.operator)
+    def solve_split(self, state, r, s, pushed=None):
+        schur, r, s, b = reduced_system(state.operator, r, s, pushed)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         z, stats, image = conjugate_gradient(
-            schur.mv, schur.reduce(r, s), rtol=rtol,
+            schur.mv, b, rtol=rtol,
             atol=jnp.maximum(self.atol, schur.rounding_level(r, s)), max_steps=self.max_steps,
             final_product=schur.mv_and_image,
         )

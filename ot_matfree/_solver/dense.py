@@ -84,7 +84,7 @@ class DenseSolver(AbstractHSolver):
         inv = jnp.where(keep, 1 / jnp.where(keep, evals, 1), 0)
         return DenseState(operator, evecs, inv, root)
 
-    def solve_split(self, state: DenseState, r, s):
+    def solve_split(self, state: DenseState, r, s, pushed=None):
         r, s = project_range(r, s)
         rhs = jnp.concatenate([r, s])
         sol = state.pinv(rhs)

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._base import cg_result, default_rtol, project_range
-from ._schur import NormalisedSchur
+from ._base import cg_result, default_rtol
+from ._schur import NormalisedSchur, reduced_system
 from ._spectral_solver import AbstractSpectralSolver, spectral_result
 from .cg import conjugate_gradient
 
@@ -72,12 +72,10 @@ class SpectralCG(AbstractSpectralSolver):
     num_blocks: int = eqx.field(static=True, default=8)
     key: PRNGKeyArray | None = None
 
-    def solve_split(self, state, r, s):
-        r, s = project_range(r, s)
-        schur = NormalisedSchur.from_h(state.operator)
+    def solve_split(self, state, r, s, pushed=None):
+        schur, r, s, b = reduced_system(state.operator, r, s, pushed)
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
-        b = schur.reduce(r, s)
         atol = jnp.maximum(self.atol, schur.rounding_level(r, s))
         z, stats, image = conjugate_gradient(
             schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps,

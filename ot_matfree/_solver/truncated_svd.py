@@ -81,7 +81,7 @@ class TruncatedSVD(AbstractSpectralSolver):
         if not 0 <= self.threshold < 0.5:
             raise ValueError(f"`threshold` must be in [0, 0.5), got {self.threshold}.")
 
-    def solve_split(self, state, r, s):
+    def solve_split(self, state, r, s, pushed=None):
         r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(state.operator)
         spec = state.spectrum
