@@ -69,13 +69,26 @@ EPSILON = 0.05
 STDS = (0.3, 0.05, 0.6)
 
 
-def make_problem(n: int, seed: int = 0):
-    """Gaussian-mixture `X` (n x 5), `W` (5 x 2), shuffled noisy `Y`, and `W0`."""
+def make_problem(n: int, seed: int = 0, *, means: str = "normal", start_seed: int | None = None):
+    """Gaussian-mixture `X` (n x 5), `W` (5 x 2), shuffled noisy `Y`, and
+    `W0 = W + N(0, 1)` (drawn from `start_seed` if given).
+
+    `means`: the cluster means, `"normal"` for `2 N(0, I_5)` (our first choice)
+    or `"blobs"` for uniform on `[-10, 10]^5`, what the paper's code draws
+    (scikit-learn's `make_blobs` with its default `center_box`).
+    """
     k_means, k_lab, k_x, k_w, k_noise, k_perm, k_w0 = jax.random.split(
         jax.random.PRNGKey(seed), 7
     )
+    if start_seed is not None:
+        k_w0 = jax.random.PRNGKey(start_seed)
     d_x, d_y = 5, 2
-    means = 2.0 * jax.random.normal(k_means, (len(STDS), d_x))
+    if means == "normal":
+        means = 2.0 * jax.random.normal(k_means, (len(STDS), d_x))
+    elif means == "blobs":
+        means = jax.random.uniform(k_means, (len(STDS), d_x), minval=-10.0, maxval=10.0)
+    else:
+        raise ValueError(f"means must be 'normal' or 'blobs', got {means!r}")
     labels = jax.random.randint(k_lab, (n,), 0, len(STDS))
     stds = jnp.asarray(STDS)[labels][:, None]
     x = means[labels] + stds * jax.random.normal(k_x, (n, d_x))
