@@ -30,9 +30,11 @@ import ot_matfree as om
 
 
 class Recorder:
-    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`."""
+    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`;
+    `echo(line)`, if given, also receives each record (progress of long runs)."""
 
-    def __init__(self):
+    def __init__(self, echo=None):
+        self.echo = echo
         self.reset()
 
     def reset(self):
@@ -41,6 +43,8 @@ class Recorder:
     def __call__(self, value):
         self.losses.append(float(value))
         self.times.append(time.perf_counter() - self.start)
+        if self.echo is not None:
+            self.echo(f"  [{self.times[-1]:.1f} s] loss {self.losses[-1]:.6g}")
 
 
 def capped_cost(points, y, epsilon, solver):
@@ -62,7 +66,10 @@ def capped_cost(points, y, epsilon, solver):
 
 def _run_compiled(solve, recorder, *args):
     """Compile `solve` for `args`, run it once; `(output, seconds)`, compilation excluded."""
+    start = time.perf_counter()
     compiled = jax.jit(solve).lower(*args).compile()
+    if recorder.echo is not None:
+        recorder.echo(f"  compiled in {time.perf_counter() - start:.1f} s")
     recorder.reset()
     out = jax.block_until_ready(compiled(*args))
     return out, time.perf_counter() - recorder.start
@@ -72,10 +79,10 @@ def _final(loss, w, x, y):
     return float(jax.jit(loss)(w, x, y))
 
 
-def run_first_order(name, loss, x, y, w0, optimiser, steps):
+def run_first_order(name, loss, x, y, w0, optimiser, steps, echo=None):
     """`steps` iterations of an optax optimiser on `loss`, in one jitted `lax.scan`."""
     value_and_grad = jax.value_and_grad(loss)
-    recorder = Recorder()
+    recorder = Recorder(echo)
 
     def solve(w0, x, y):
         def body(carry, _):
@@ -94,7 +101,8 @@ def run_first_order(name, loss, x, y, w0, optimiser, steps):
                 times=recorder.times + [seconds])
 
 
-def run_newton(name, loss, trial_loss, x, y, w0, *, newton_search, rtol, max_steps, sgd=None):
+def run_newton(name, loss, trial_loss, x, y, w0, *, newton_search, rtol, max_steps, sgd=None,
+               echo=None):
     """Newton-CG from `w0`, or `om.sgd_newton` (its SGD stage, then Newton) if
     `sgd` is a dict of `sgd_newton`'s keyword arguments (`key`, `batch_size`,
     `learning_rate`, `max_sgd_steps`, `lanczos_steps`).
@@ -103,9 +111,9 @@ def run_newton(name, loss, trial_loss, x, y, w0, *, newton_search, rtol, max_ste
     objective is `trial_loss`, and the trace is the running minimum of the
     reported losses, i.e. the last accepted one (rejected trial points are
     reported too and count as iterations). The HVPs include those of
-    `sgd_newton`'s Lanczos definiteness checks.
+    `sgd_newton`'s Lanczos definiteness checks. `echo`: see `Recorder`.
     """
-    recorder = Recorder()
+    recorder = Recorder(echo)
     newton = om.NewtonCG(rtol, rtol, search=newton_search,
                          progress=lambda info: recorder(info["loss"]))
     relaxed = isinstance(newton_search, optx.LearningRate)
@@ -141,8 +149,8 @@ def run_newton(name, loss, trial_loss, x, y, w0, *, newton_search, rtol, max_ste
                 newton_steps=int(sol.stats["num_newton_steps"]))
 
 
-def run_bfgs(loss, trial_loss, x, y, w0, *, rtol, max_steps):
-    recorder = Recorder()
+def run_bfgs(loss, trial_loss, x, y, w0, *, rtol, max_steps, echo=None):
+    recorder = Recorder(echo)
 
     def verbose(**kwargs):
         jax.debug.callback(recorder, kwargs["loss_last_accepted_step"][1])

@@ -52,6 +52,7 @@ definite already, so the SGD stage takes no step there.
 
 import argparse
 import os
+import sys
 import tempfile
 
 import jax
@@ -207,14 +208,17 @@ def main():
     sgd = dict(key=jax.random.PRNGKey(1), batch_size=batch, learning_rate=0.1,
                max_sgd_steps=5, lanczos_steps=9)
     max_newton = 20 if args.quick else 30
+    echo = None if args.quick else lambda line: print(line, file=sys.stderr, flush=True)
     runs = [
         run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, a0,
                    newton_search=optx.LearningRate(0.5), rtol=1e-6, max_steps=max_newton,
-                   sgd=sgd),
+                   sgd=sgd, echo=echo),
         run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, a0,
-                   newton_search=optx.BacktrackingArmijo(), rtol=1e-6, max_steps=max_newton),
-        run_first_order("gradient descent (lr 0.1)", loss, x, y, a0, optax.sgd(0.1), steps),
-        run_bfgs(loss, trial_loss, x, y, a0, rtol=1e-6, max_steps=max_newton * 3),
+                   newton_search=optx.BacktrackingArmijo(), rtol=1e-6, max_steps=max_newton,
+                   echo=echo),
+        run_first_order("gradient descent (lr 0.1)", loss, x, y, a0, optax.sgd(0.1), steps,
+                        echo=echo),
+        run_bfgs(loss, trial_loss, x, y, a0, rtol=1e-6, max_steps=max_newton * 3, echo=echo),
     ]
     sgdn, newton, gd = runs[0], runs[1], runs[2]
     target = gd["losses"][-1]

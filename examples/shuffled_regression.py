@@ -126,6 +126,9 @@ def main():
                         help="Sinkhorn tolerance (default 1e-8; 1e-6 with --paper)")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--gd-steps", type=int, default=None)
+    parser.add_argument("--start-seed", type=int, default=None,
+                        help="draw W0 = W + N(0, 1) from this seed (default: the data's key; "
+                        "see shuffled_regression_seeds.py)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="default 0.05 (the paper's); 0.5 with --quick")
     parser.add_argument("--out", default=None, help="PNG path (default: examples/"
@@ -147,9 +150,14 @@ def main():
     n = args.n or (60 if args.quick else 500)
     steps = args.gd_steps or (100 if args.quick else 300 if args.paper else 2_000)
     name = "shuffled_regression_paper" if args.paper else "shuffled_regression"
+    if args.start_seed is not None:
+        name += f"_start{args.start_seed}"
     out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE, name + ".png")
-    x, y, w, w0 = make_problem(n)
-    say(f"jax {jax.__version__} on {jax.devices()[0]}, float64")
+    x, y, w, w0 = make_problem(n, start_seed=args.start_seed)
+    say(f"jax {jax.__version__} on {jax.devices()[0]}, float64, load average "
+        f"{os.getloadavg()[0]:.1f} at the start")
+    if args.start_seed is not None:
+        say(f"W0 = W + N(0, 1) drawn with start seed {args.start_seed}")
     say(f"n = {n}, d_X = 5, d_Y = 2, epsilon = {EPSILON}, cluster stds {STDS}, "
         f"cluster means 2 N(0, I), Sinkhorn tol {tol:g} (adaptive momentum, "
         f"{SOLVER.max_iters:,} iterations at most; a failed solve raises; "
