@@ -41,6 +41,7 @@ there on 2 loaded cores); its output is `shuffled_regression_paper_output.txt`.
 
 import argparse
 import os
+import sys
 import tempfile
 
 import jax
@@ -170,15 +171,19 @@ def main():
     max_newton = 30 if args.quick else 100
     rtol = 1e-5 if args.paper else 1e-7  # the losses are accurate to ~tol
     sgd = dict(key=key, batch_size=min(100, n), learning_rate=1e-3, max_sgd_steps=10)
+    echo = None if args.quick else lambda line: print(line, file=sys.stderr, flush=True)
     runs = [
         run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, w0,
                    newton_search=optx.LearningRate(0.5), rtol=rtol, max_steps=max_newton,
-                   sgd=sgd),
+                   sgd=sgd, echo=echo),
         run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, w0,
-                   newton_search=optx.BacktrackingArmijo(), rtol=rtol, max_steps=max_newton),
-        run_first_order("gradient descent (lr 1e-3)", loss, x, y, w0, optax.sgd(1e-3), steps),
-        run_first_order("Adam (lr 1e-2)", loss, x, y, w0, optax.adam(1e-2), steps),
-        run_bfgs(loss, trial_loss, x, y, w0, rtol=rtol, max_steps=30 if args.quick else 500),
+                   newton_search=optx.BacktrackingArmijo(), rtol=rtol, max_steps=max_newton,
+                   echo=echo),
+        run_first_order("gradient descent (lr 1e-3)", loss, x, y, w0, optax.sgd(1e-3), steps,
+                        echo=echo),
+        run_first_order("Adam (lr 1e-2)", loss, x, y, w0, optax.adam(1e-2), steps, echo=echo),
+        run_bfgs(loss, trial_loss, x, y, w0, rtol=rtol, max_steps=30 if args.quick else 500,
+                 echo=echo),
     ]
     gd = runs[2]
     target = gd["losses"][-1]
