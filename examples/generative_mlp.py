@@ -48,7 +48,7 @@ import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
-from shuffled_regression import Recorder  # noqa: E402  (the same trace as the regression example)
+from _second_order import Recorder  # noqa: E402  (the same trace as the regression example)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

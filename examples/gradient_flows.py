@@ -67,7 +67,7 @@ import ot_matfree as om  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from shuffled_regression import Recorder, first_reach  # noqa: E402
+from _second_order import Recorder, first_reach  # noqa: E402
 
 OUTPUT = os.path.join(HERE, "gradient_flows_output.txt")
 EPSILON = 1.0
@@ -95,27 +95,17 @@ def compiled(fn, *args):
     return out, time.perf_counter() - start
 
 
-def echoed(recorder, echo):
-    """`recorder`, also passing each record with its time to `echo(line)` (long runs)."""
-    def record(value):
-        recorder(value)
-        if echo is not None:
-            echo(f"  [{recorder.times[-1]:.1f} s] loss {float(value):.6g}")
-    return record
-
-
 def run_gd(loss, x0, y, *, lr: float, steps: int, dump_every: int, warm: bool = True,
            echo=None):
     """The explicit flow `x <- x - lr grad L(x)` in one jitted `lax.scan`; with
     `warm`, the timed run is the second one (the first run's set-up excluded)."""
-    recorder = Recorder()
-    record = echoed(recorder, echo)
+    recorder = Recorder(echo)
     value_and_grad = jax.value_and_grad(loss)
 
     def flow(x0, y):
         def body(x, _):
             value, g = value_and_grad(x, y)
-            jax.debug.callback(record, value)  # the loss at this iterate
+            jax.debug.callback(recorder, value)  # the loss at this iterate
             return x - lr * g, x
 
         # `steps + 1` evaluations: the last one gives the final iterate's loss
@@ -133,7 +123,7 @@ def run_gd(loss, x0, y, *, lr: float, steps: int, dump_every: int, warm: bool = 
                 iterations=steps, newton_steps=None, hvps=None, cg_steps=None, seconds=seconds,
                 compile_seconds=compile_seconds, losses=recorder.losses,
                 times=[0.0, *recorder.times[1:]],  # the initial loss at 0, as for Newton
-                offset=0, result=None, final=recorder.losses[-1],
+                iters=list(range(steps + 1)), result=None, final=recorder.losses[-1],
                 step_times=np.diff(recorder.times).tolist())
 
 
@@ -141,11 +131,10 @@ def run_newton(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: f
                cg_max_steps: int | None = None, warm: bool = True, echo=None):
     """`optx.minimise` with `om.NewtonCG`; the trace comes from its `progress`
     callback. With `warm`, the timed run is the second one."""
-    recorder, hvps = Recorder(), []
-    record = echoed(recorder, echo)
+    recorder, hvps = Recorder(echo), []
 
     def progress(info):
-        record(info["loss"])
+        recorder(info["loss"])
         hvps.append(int(info["num_hvps"]))
         if echo is not None:
             echo(f"    next step size {float(info['step_size']):.3g}, HVPs so far {hvps[-1]}")
@@ -176,7 +165,8 @@ def run_newton(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: f
     return dict(name=name, x=x, path=None, iterations=int(stats["num_steps"]),
                 newton_steps=int(stats["num_newton_steps"]), hvps=int(stats["num_hvps"]),
                 cg_steps=int(stats["num_cg_steps"]), seconds=seconds,
-                compile_seconds=compile_seconds, losses=losses, times=times, offset=0,
+                compile_seconds=compile_seconds, losses=losses, times=times,
+                iters=list(range(len(losses))),
                 result=result, final=final, hvps_per_step=np.diff([0, *hvps]).tolist(),
                 step_times=np.diff([0.0, *recorder.times]).tolist())
 

@@ -17,10 +17,11 @@ deviations 0.3, 0.05, 0.6; cluster means 2 * N(0, I_5), chosen here), n = 500,
 - BFGS (optimistix).
 
 Every method is compiled ahead of time (`.lower(...).compile()`), then run
-and timed (wall-clock time of that run; per-iteration times are host
+once and timed (wall-clock time of that run; per-iteration times are host
 timestamps taken through `jax.debug.callback`, so they include the callback
-overhead). Losses, HVPs and parameter errors are printed as a table, and loss
-against iteration and against wall time is saved as a figure. In the traces an
+overhead; the runners are in `_second_order.py`, shared with
+`registration.py`). Losses, HVPs and parameter errors are printed as a table,
+and loss against iteration and against wall time is saved as a figure. In the traces an
 iteration is one gradient step, one SGD step, or one solver step (for
 Newton-CG with Armijo and BFGS a rejected trial point counts as a step, so
 "iterations to reach GD's final loss" is an upper bound there).
@@ -40,8 +41,8 @@ there on 2 loaded cores); its output is `shuffled_regression_paper_output.txt`.
 
 import argparse
 import os
+import sys
 import tempfile
-import time
 
 import jax
 
@@ -49,12 +50,18 @@ jax.config.update("jax_enable_x64", True)
 
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
+from _second_order import (  # noqa: E402
+    capped_cost,
+    first_reach,
+    plot_traces,
+    results_table,
+    run_bfgs,
+    run_first_order,
+    run_newton,
+)
+from matplotlib import pyplot as plt  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
 
@@ -63,13 +70,26 @@ EPSILON = 0.05
 STDS = (0.3, 0.05, 0.6)
 
 
-def make_problem(n: int, seed: int = 0):
-    """Gaussian-mixture `X` (n x 5), `W` (5 x 2), shuffled noisy `Y`, and `W0`."""
+def make_problem(n: int, seed: int = 0, *, means: str = "normal", start_seed: int | None = None):
+    """Gaussian-mixture `X` (n x 5), `W` (5 x 2), shuffled noisy `Y`, and
+    `W0 = W + N(0, 1)` (drawn from `start_seed` if given).
+
+    `means`: the cluster means, `"normal"` for `2 N(0, I_5)` (our first choice)
+    or `"blobs"` for uniform on `[-10, 10]^5`, what the paper's code draws
+    (scikit-learn's `make_blobs` with its default `center_box`).
+    """
     k_means, k_lab, k_x, k_w, k_noise, k_perm, k_w0 = jax.random.split(
         jax.random.PRNGKey(seed), 7
     )
+    if start_seed is not None:
+        k_w0 = jax.random.PRNGKey(start_seed)
     d_x, d_y = 5, 2
-    means = 2.0 * jax.random.normal(k_means, (len(STDS), d_x))
+    if means == "normal":
+        means = 2.0 * jax.random.normal(k_means, (len(STDS), d_x))
+    elif means == "blobs":
+        means = jax.random.uniform(k_means, (len(STDS), d_x), minval=-10.0, maxval=10.0)
+    else:
+        raise ValueError(f"means must be 'normal' or 'blobs', got {means!r}")
     labels = jax.random.randint(k_lab, (n,), 0, len(STDS))
     stds = jnp.asarray(STDS)[labels][:, None]
     x = means[labels] + stds * jax.random.normal(k_x, (n, d_x))
@@ -91,139 +111,11 @@ def loss(w, x, y):
 
 def trial_loss(w, x, y):
     """`loss` at the line searches' trial points (Armijo, BFGS), which may lie
-    far from the data (costs ~1e4) where Sinkhorn converges slowly or not at
-    all: `+inf` where Sinkhorn does not converge within `TRIAL_SOLVER`'s cap,
-    which the search rejects (and `NewtonCG` reports as a divergence if it were
-    an accepted point). The probe solve runs first, without derivatives; the
-    loss repeats it only where it converged. Every method's final point is
-    re-evaluated with `loss`, which raises if its solve fails."""
-    probe = om.solve(jax.lax.stop_gradient(x @ w), y, epsilon=EPSILON, solver=TRIAL_SOLVER,
-                     throw=False)
-    return jax.lax.cond(
-        probe.converged,
-        lambda: om.ot_cost(x @ w, y, epsilon=EPSILON, solver=TRIAL_SOLVER, throw=False),
-        lambda: jnp.array(jnp.inf, x.dtype),
-    )
-
-
-class Recorder:
-    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.losses, self.times, self.start = [], [], time.perf_counter()
-
-    def __call__(self, value):
-        self.losses.append(float(value))
-        self.times.append(time.perf_counter() - self.start)
-
-
-def run_first_order(name, x, y, w0, optimiser, steps):
-    """`steps` iterations of an optax optimiser, in one jitted `lax.scan`."""
-    value_and_grad = jax.value_and_grad(loss)
-
-    @jax.jit
-    def solve(w0, x, y):
-        def body(carry, _):
-            w, state = carry
-            value, g = value_and_grad(w, x, y)
-            jax.debug.callback(recorder, value)  # loss at the iterate before this step
-            updates, state = optimiser.update(g, state, w)
-            return (optax.apply_updates(w, updates), state), None
-
-        (w, _), _ = jax.lax.scan(body, (w0, optimiser.init(w0)), None, length=steps)
-        return w
-
-    recorder = Recorder()
-    solve = solve.lower(w0, x, y).compile()
-    recorder.reset()
-    w = jax.block_until_ready(solve(w0, x, y))
-    seconds = time.perf_counter() - recorder.start
-    final = float(jax.jit(loss)(w, x, y))
-    # The trace holds L(w_0), ..., L(w_{steps-1}); append the final iterate.
-    recorder.losses.append(final)
-    recorder.times.append(seconds)
-    return dict(name=name, w=w, iterations=steps, hvps=None, seconds=seconds,
-                losses=recorder.losses, times=recorder.times, offset=0)
-
-
-def run_newton(name, x, y, w0, *, sgd: bool, rtol, max_steps, key):
-    recorder = Recorder()
-    relaxed = optx.LearningRate(0.5)
-    newton = om.NewtonCG(rtol, rtol, search=relaxed if sgd else optx.BacktrackingArmijo(),
-                         progress=lambda info: recorder(info["loss"]))
-
-    if sgd:
-        @eqx.filter_jit
-        def solve(w0, x, y):
-            return om.sgd_newton(loss, w0, x, y, key=key, batch_size=min(100, x.shape[0]),
-                                 learning_rate=1e-3, max_sgd_steps=10, newton=newton,
-                                 max_newton_steps=max_steps, throw=False)
-    else:
-        @eqx.filter_jit
-        def solve(w0, x, y):  # a line search: its trial points may be far out
-            return optx.minimise(lambda w, data: trial_loss(w, *data), newton, w0, (x, y),
-                                 max_steps=max_steps, throw=False)
-
-    sol, seconds, final = timed(solve, recorder, w0, x, y)
-    # `progress` reports, at step k, the loss of the point evaluated there
-    # (iterate k - 1): drop the first report (the initial loss, prepended
-    # below) and append the final iterate's.
-    losses, times = recorder.losses[1:] + [final], recorder.times[1:] + [seconds]
-    if not sgd:
-        # Armijo: rejected trial points are reported too; the last accepted
-        # loss is the running minimum (accepted losses decrease).
-        losses = list(jnp.minimum.accumulate(jnp.asarray(losses))) if losses else losses
-        losses = [float(v) for v in losses]
-    offset = int(sol.stats.get("num_sgd_steps", 0))
-    l0 = float(jax.jit(loss)(w0, x, y))
-    return dict(name=name, w=sol.value, iterations=offset + int(sol.stats["num_newton_steps"]),
-                hvps=int(sol.stats["num_hvps"]), seconds=seconds, losses=[l0, *losses],
-                times=[0.0, *times], offset=offset, result=sol.result,
-                sgd_steps=offset, newton_steps=int(sol.stats["num_newton_steps"]))
-
-
-def timed(solve, recorder, w0, x, y):
-    """`solve` compiled, then run: the solution, its wall time, and the loss at
-    its end point evaluated with `loss` (which raises if the solve there fails)."""
-    solve = solve.lower(w0, x, y).compile()
-    recorder.reset()
-    sol = solve(w0, x, y)
-    jax.block_until_ready(sol.value)
-    seconds = time.perf_counter() - recorder.start
-    return sol, seconds, float(jax.jit(loss)(sol.value, x, y))
-
-
-def run_bfgs(x, y, w0, *, rtol, max_steps):
-    recorder = Recorder()
-
-    def verbose(**kwargs):
-        jax.debug.callback(recorder, kwargs["loss_last_accepted_step"][1])
-
-    solver = optx.BFGS(rtol, rtol, verbose=verbose)
-
-    @eqx.filter_jit
-    def solve(w0, x, y):
-        return optx.minimise(lambda w, data: trial_loss(w, *data), solver, w0, (x, y),
-                             max_steps=max_steps, throw=False)
-
-    sol, seconds, final = timed(solve, recorder, w0, x, y)
-    # The trace is the loss at the last accepted point before each step (the
-    # first entry is the initial loss once the first step has evaluated it).
-    losses, times = recorder.losses[1:] + [final], recorder.times[1:] + [seconds]
-    return dict(name="BFGS (optimistix)", w=sol.value, iterations=int(sol.stats["num_steps"]),
-                hvps=None, seconds=seconds, losses=losses, times=times, offset=0,
-                result=sol.result)
-
-
-def first_reach(run, target):
-    """Iterations and seconds at which the trace first reaches `target` (or None)."""
-    for k, (value, t) in enumerate(zip(run["losses"], run["times"])):
-        if value <= target:
-            return (k + run["offset"] if k else 0), t
-    return None, None
+    far from the data (costs ~1e4): `+inf` where Sinkhorn does not converge
+    within `TRIAL_SOLVER`'s cap (`_second_order.capped_cost`), which the search
+    rejects. Every method's final point is re-evaluated with `loss`, which
+    raises if its solve fails."""
+    return capped_cost(x @ w, y, EPSILON, TRIAL_SOLVER)
 
 
 def main():
@@ -235,6 +127,9 @@ def main():
                         help="Sinkhorn tolerance (default 1e-8; 1e-6 with --paper)")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--gd-steps", type=int, default=None)
+    parser.add_argument("--start-seed", type=int, default=None,
+                        help="draw W0 = W + N(0, 1) from this seed (default: the data's key; "
+                        "see shuffled_regression_seeds.py)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="default 0.05 (the paper's); 0.5 with --quick")
     parser.add_argument("--out", default=None, help="PNG path (default: examples/"
@@ -256,9 +151,14 @@ def main():
     n = args.n or (60 if args.quick else 500)
     steps = args.gd_steps or (100 if args.quick else 300 if args.paper else 2_000)
     name = "shuffled_regression_paper" if args.paper else "shuffled_regression"
+    if args.start_seed is not None:
+        name += f"_start{args.start_seed}"
     out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE, name + ".png")
-    x, y, w, w0 = make_problem(n)
-    say(f"jax {jax.__version__} on {jax.devices()[0]}, float64")
+    x, y, w, w0 = make_problem(n, start_seed=args.start_seed)
+    say(f"jax {jax.__version__} on {jax.devices()[0]}, float64, load average "
+        f"{os.getloadavg()[0]:.1f} at the start")
+    if args.start_seed is not None:
+        say(f"W0 = W + N(0, 1) drawn with start seed {args.start_seed}")
     say(f"n = {n}, d_X = 5, d_Y = 2, epsilon = {EPSILON}, cluster stds {STDS}, "
         f"cluster means 2 N(0, I), Sinkhorn tol {tol:g} (adaptive momentum, "
         f"{SOLVER.max_iters:,} iterations at most; a failed solve raises; "
@@ -268,36 +168,33 @@ def main():
           f"initial parameter error {float(jnp.linalg.norm(w0 - w) / jnp.linalg.norm(w)):.3f}")
 
     key = jax.random.PRNGKey(1)
+    max_newton = 30 if args.quick else 100
     rtol = 1e-5 if args.paper else 1e-7  # the losses are accurate to ~tol
+    sgd = dict(key=key, batch_size=min(100, n), learning_rate=1e-3, max_sgd_steps=10)
+    echo = None if args.quick else lambda line: print(line, file=sys.stderr, flush=True)
     runs = [
-        run_newton("SGD-Newton (ours, relaxed 0.5)", x, y, w0, sgd=True, rtol=rtol,
-                   max_steps=30 if args.quick else 100, key=key),
-        run_newton("Newton-CG (ours, Armijo)", x, y, w0, sgd=False, rtol=rtol,
-                   max_steps=30 if args.quick else 100, key=key),
-        run_first_order("gradient descent (lr 1e-3)", x, y, w0, optax.sgd(1e-3), steps),
-        run_first_order("Adam (lr 1e-2)", x, y, w0, optax.adam(1e-2), steps),
-        run_bfgs(x, y, w0, rtol=rtol, max_steps=30 if args.quick else 500),
+        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, w0,
+                   newton_search=optx.LearningRate(0.5), rtol=rtol, max_steps=max_newton,
+                   sgd=sgd, echo=echo),
+        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, w0,
+                   newton_search=optx.BacktrackingArmijo(), rtol=rtol, max_steps=max_newton,
+                   echo=echo),
+        run_first_order("gradient descent (lr 1e-3)", loss, x, y, w0, optax.sgd(1e-3), steps,
+                        echo=echo),
+        run_first_order("Adam (lr 1e-2)", loss, x, y, w0, optax.adam(1e-2), steps, echo=echo),
+        run_bfgs(loss, trial_loss, x, y, w0, rtol=rtol, max_steps=30 if args.quick else 500,
+                 echo=echo),
     ]
     gd = runs[2]
     target = gd["losses"][-1]
     norm_w = float(jnp.linalg.norm(w))
-    header = (f"| {'method':<31} | iterations | HVPs | wall time (s) | final loss | "
-              f"rel. error of W_hat | iterations / s to reach GD's final loss |")
-    lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
-    for run in runs:
-        run["final"] = float(jax.jit(loss)(run["w"], x, y))
-        run["error"] = float(jnp.linalg.norm(run["w"] - w)) / norm_w
-        k, t = first_reach(run, target)
-        reach = "not reached" if k is None else f"{k} / {t:.2f}"
-        hvps = "-" if run["hvps"] is None else str(run["hvps"])
-        lines.append(f"| {run['name']:<31} | {run['iterations']:>10} | {hvps:>4} | "
-                     f"{run['seconds']:>13.2f} | {run['final']:>10.6f} | "
-                     f"{run['error']:>20.4f} | {reach:>39} |")
-    say("\n".join(lines))
+    error = lambda v: float(jnp.linalg.norm(v - w)) / norm_w  # noqa: E731
+    say(results_table(runs, loss, error, x, y, target, "rel. error of W_hat"))
     sgdn = runs[0]
     say(f"SGD-Newton: {sgdn['sgd_steps']} SGD steps + {sgdn['newton_steps']} relaxed Newton "
           f"steps; iterations count SGD and Newton steps (one gradient or one Newton step "
-          f"each), wall time excludes compilation")
+          f"each), wall time excludes compilation; SGD-Newton's HVPs include its "
+          f"Lanczos definiteness checks")
     k, t = first_reach(sgdn, target)
     if k is not None:
         say(f"SGD-Newton reaches GD's final loss in {gd['iterations'] / max(k, 1):.0f}x fewer "
@@ -305,26 +202,7 @@ def main():
               f"error {gd['error'] / sgdn['error']:.1f}x smaller than GD's")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
-        its = list(range(len(run["losses"])))
-        if run["offset"]:  # SGD-Newton: the SGD stage is not traced, mark its end.
-            its = [0] + [run["offset"] + i for i in range(len(run["losses"]) - 1)]
-        axes[0].plot(its, run["losses"], label=run["name"], marker="." if len(its) < 60 else None)
-        axes[1].plot(run["times"], run["losses"], label=run["name"])
-    best = min(min(r["losses"]) for r in runs)
-    for ax, xlabel in zip(axes, ("iteration", "wall time (s, compiled, under load)")):
-        ax.set_xscale("symlog", linthresh=1) if xlabel == "iteration" else ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("loss - min loss + 1e-10")
-        ax.axhline(target, color="grey", ls=":", lw=0.8)
-    for ax in axes:  # plot the excess loss, log scale
-        for line in ax.get_lines()[:-1]:
-            line.set_ydata([v - best + 1e-10 for v in line.get_ydata()])
-        ax.get_lines()[-1].set_ydata([target - best + 1e-10] * 2)
-        ax.relim()
-        ax.autoscale_view()
-    axes[0].legend(fontsize=8)
+    plot_traces(axes, runs, target)
     fig.suptitle(f"Shuffled regression, Gaussian mixture, n = {n}, eps = {EPSILON} "
                  "(dotted: GD's final loss)")
     fig.tight_layout()
