@@ -7,8 +7,8 @@ rtol 1e-8 (ott-jax: tol 1e-8, ImplicitDiff defaults, `use_danskin=False`).
 Timed in turns in one process (a compiling call first, then `--repeats`
 rounds over every case, medians):
 
-- ot_matfree `solve` with the default `Sinkhorn()`, `Sinkhorn(momentum=
-  "adaptive")` and `Sinkhorn(anderson=5)` (the variants this version has),
+- ot_matfree `solve` with plain Sinkhorn (`momentum=None`), the default
+  `Sinkhorn()` (adaptive momentum) and `Sinkhorn(anderson=5)`,
 - ot_matfree `hvp_x` given the coupling (CG),
 - ott-jax's implicit `jax.jvp(jax.grad(reg_ot_cost))` (its solve inside),
 - ott-jax's forward solve alone (how much of its HVP is the solve),
@@ -88,11 +88,11 @@ def main():
     xj, yj, vj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(v)
 
     variants, skipped = ours.sinkhorn_variants()
-    wanted = {"Sinkhorn": "Sinkhorn()", "Sinkhorn momentum (adaptive)":
-              'Sinkhorn(momentum="adaptive")', "Sinkhorn Anderson (m = 5)": "Sinkhorn(anderson=5)"}
+    wanted = {"Sinkhorn (plain)": "Sinkhorn(momentum=None)", "Sinkhorn momentum (adaptive)":
+              'Sinkhorn() (adaptive momentum)', "Sinkhorn Anderson (m = 5)": "Sinkhorn(anderson=5)"}
     solvers = {label: ours.solver(TOL, **variants[name])
                for name, label in wanted.items() if name in variants}
-    coupling = jax.block_until_ready(ours.solve(xj, yj, EPS, solvers["Sinkhorn()"]))
+    coupling = jax.block_until_ready(ours.solve(xj, yj, EPS, solvers["Sinkhorn(momentum=None)"]))
     calls = {f"solve {label}": (lambda s=s: ours.solve(xj, yj, EPS, s))
              for label, s in solvers.items()}
     calls["hvp_x given the coupling"] = lambda: ours.hvp(coupling, vj, RTOL)

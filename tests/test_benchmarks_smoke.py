@@ -77,7 +77,7 @@ def peers_quick(tmp_path_factory):
 
 def test_peers_quick_ours(peers_quick):
     text = next(peers_quick.glob("peers_forward_*.md")).read_text()
-    assert "| ot_matfree Sinkhorn |" in text
+    assert "| ot_matfree Sinkhorn (plain) |" in text
     assert next(peers_quick.glob("peers_*.png")).stat().st_size > 0
     assert next(peers_quick.glob("peers_forward_*.csv")).stat().st_size > 0
 
