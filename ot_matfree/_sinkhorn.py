@@ -271,14 +271,15 @@ def _solve(
             w = jnp.where(at_target, state["w"], 1.0)
             # w = 1 is plain Sinkhorn, exactly: its columns are then exact, so
             # the error reaches plain Sinkhorn's rounding floor.
-            g = jnp.where(w == 1, g_hat, state["g"] + w * (g_hat - state["g"]))
+            plain = w == 1
+            g = jnp.where(plain, g_hat, state["g"] + w * (g_hat - state["g"]))
         f_hat = potential(geometry, log_a, g, eps)
         err = row_error(f, f_hat, eps)
         if momentum is not None:
             # Column sums of (f, g) are b_j exp((g_j - T_g(f)_j) / eps).
             # (Zero when w = 1: g is then T_g(f) itself, as in plain Sinkhorn.)
-            err = err + jnp.where(w == 1, 0.0, jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps))))
-            f_next = jnp.where(w == 1, f_hat, f + w * (f_hat - f))
+            err = err + jnp.where(plain, 0.0, jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps))))
+            f_next = jnp.where(plain, f_hat, f + w * (f_hat - f))
             if momentum == "adaptive":
                 k = state["k"] + at_target.astype(state["k"].dtype)
                 w_next, err_ref, settling = adapt_momentum(
