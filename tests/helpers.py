@@ -1,5 +1,6 @@
 """Problem factories, tolerances and the ott-jax oracle shared by the tests."""
 
+import functools
 import os
 
 import jax
@@ -41,6 +42,10 @@ def ott_output(x, y, a, b, epsilon, cost_fn=None, threshold=SINKHORN_TOL):
         return _ott_output(x, y, a, b, epsilon, cost_fn, threshold)
 
 
+# Compiled as one program: run eagerly, ott-jax's solve and its implicit
+# derivatives compile primitive by primitive, 3-4x slower per new shape (most
+# of these tests' time); the values are the same to rounding.
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _ott_output(x, y, a, b, epsilon, cost_fn, threshold):
     kwargs = {} if cost_fn is None else {"cost_fn": cost_fn}
     geom = pointcloud.PointCloud(x, y, epsilon=epsilon, **kwargs)
