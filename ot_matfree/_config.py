@@ -7,6 +7,7 @@ raises for Sinkhorn, `solve_h` for H-solves, both according to `throw`.
 """
 
 import equinox as eqx
+from jaxtyping import Array
 
 from ._costs import AbstractCost
 from ._coupling import Coupling
@@ -21,6 +22,9 @@ class Config(eqx.Module):
 
     `sharding` is the placement of the clouds, read before `jit`
     (`_sharding.row_sharding`); every coupling built from this config follows it.
+    `init` is the warm start `(f, g)` of the transport solve (`solve`; the
+    self terms' symmetric solves start cold); it changes the iterations, not
+    the solution, and is never differentiated.
     """
 
     cost: AbstractCost
@@ -29,6 +33,7 @@ class Config(eqx.Module):
     block_size: int | None = eqx.field(static=True)
     sharding: RowSharding | None = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
+    init: tuple[Array, Array] | None = None
 
     def coupling(self, x, y, a, b, f, g, epsilon) -> Coupling:
         """The coupling of potentials `f`, `g` (no diagnostics)."""
@@ -41,7 +46,7 @@ class Config(eqx.Module):
         """`OT_eps(x, y, a, b)`'s coupling."""
         return solve_placed(
             self.sharding, x, y, a, b, epsilon=epsilon, cost=self.cost, solver=self.solver,
-            block_size=self.block_size, init=None, throw=self.throw,
+            block_size=self.block_size, init=self.init, throw=self.throw,
         )
 
     def solve_self(self, x, a, epsilon) -> Coupling:

@@ -23,6 +23,7 @@ custom JVP rules, so that JAX's own transformations compose with it:
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -45,17 +46,27 @@ def _pairing(grads, tangents) -> Array:
     return sum(terms[1:], terms[0]) if terms else jnp.zeros((), grads[0].dtype)
 
 
-def _with_gradient(value_and_grad, value_only=None):
-    """A scalar function `L(*args, epsilon, config)` whose JVP is `<G, t>`.
+def _zero_tangents(potentials):
+    """Tangents of returned potentials: zero (a warm start, never differentiated)."""
+    return jax.tree_util.tree_map(jnp.zeros_like, potentials)
 
-    `value_and_grad(*args, epsilon, config=) -> (L, G)` with `G` a tuple
-    matching the arguments before `epsilon`. Reverse mode only has to
-    transpose the pairing (linear in the tangents); forward over reverse
-    pushes its tangent through `value_and_grad`, whose own JVP is the HVP
-    (a custom rule, or JAX's forward mode through `potentials` / `h_solve`).
-    `value_only` computes `L` alone when that is cheaper.
+
+def _with_gradient(value_and_grad, value_only=None):
+    """`(L, potentials) = loss(*args, epsilon, config)` whose JVP is `(<G, t>, 0)`.
+
+    `value_and_grad(*args, epsilon, config=) -> (L, G, potentials)` with `G`
+    a tuple matching the arguments before `epsilon` and `potentials` the
+    transport solve's `(f, g)` (or `None`), returned for warm starts with zero
+    tangents. Reverse mode only has to transpose the pairing (linear in the
+    tangents); forward over reverse pushes its tangent through
+    `value_and_grad`, whose own JVP is the HVP (a custom rule, or JAX's
+    forward mode through `potentials` / `h_solve`). `value_only` computes
+    `(L, potentials)` alone when that is cheaper.
     """
-    value_only = value_only or (lambda *args, config: value_and_grad(*args, config=config)[0])
+    if value_only is None:
+        def value_only(*args, config):
+            value, _, potentials = value_and_grad(*args, config=config)
+            return value, potentials
 
     @eqx.filter_custom_jvp
     def loss(*args, config: Config):
@@ -64,8 +75,9 @@ def _with_gradient(value_and_grad, value_only=None):
     @loss.def_jvp
     def _loss_jvp(primals, tangents, *, config: Config):
         check_no_epsilon_tangent(tangents[-1])
-        value, grads = value_and_grad(*primals, config=config)
-        return value, _pairing(grads, tangents[:-1])
+        value, grads, potentials = value_and_grad(*primals, config=config)
+        pairing = _pairing(grads, tangents[:-1])
+        return (value, potentials), (pairing, _zero_tangents(potentials))
 
     return loss
 
@@ -83,7 +95,8 @@ def _transport_value_and_grad(solve, expand, fold):
     @eqx.filter_custom_jvp
     def value_and_grad(*args, config: Config):
         coupling = solve(*args, config)
-        return coupling.reg_ot_cost, fold(grad(coupling, throw=config.throw))
+        grads = fold(grad(coupling, throw=config.throw))
+        return coupling.reg_ot_cost, grads, (coupling.f, coupling.g)
 
     @value_and_grad.def_jvp
     def _value_and_grad_jvp(primals, tangents, *, config: Config):
@@ -95,7 +108,10 @@ def _transport_value_and_grad(solve, expand, fold):
             throw=config.throw,
         )
         pairing = _pairing(grads, tangents[:-1])
-        return (coupling.reg_ot_cost, grads), (pairing, forward_only(fold(d_grads)))
+        potentials = (coupling.f, coupling.g)
+        return (coupling.reg_ot_cost, grads, potentials), (
+            pairing, forward_only(fold(d_grads)), _zero_tangents(potentials)
+        )
 
     return value_and_grad
 
@@ -137,51 +153,60 @@ def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
     pc_rows, pc_cols = cost_marginals(coupling)
     u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
     gx, gy = check_finite(sharp_gradients(coupling, u, v), coupling, config.throw)
-    return jnp.sum(pc_rows), (gx, gy, u, v)
+    return jnp.sum(pc_rows), (gx, gy, u, v), (coupling.f, coupling.g)
 
 
 def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
-    return jnp.sum(cost_marginals(_sharp_coupling(x, y, a, b, epsilon, config))[0])
+    coupling = _sharp_coupling(x, y, a, b, epsilon, config)
+    return jnp.sum(cost_marginals(coupling)[0]), (coupling.f, coupling.g)
 
 
 _sharp_value = _with_gradient(_sharp_value_and_grad, _sharp_value_only)
 
 
 def _divergence_value(x, y, a, b, epsilon, *, config: Config):
-    xy = _ot_value(x, y, a, b, epsilon, config=config)
-    xx = _self_value(x, a, epsilon, config=config)
-    yy = _self_value(y, b, epsilon, config=config)
-    return xy - 0.5 * (xx + yy)
+    xy, potentials = _ot_value(x, y, a, b, epsilon, config=config)
+    xx, _ = _self_value(x, a, epsilon, config=config)
+    yy, _ = _self_value(y, b, epsilon, config=config)
+    return xy - 0.5 * (xx + yy), potentials
 
 
 # --- Public entry points -----------------------------------------------------
 
 
-def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw):
+def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw,
+              init=None, return_potentials=False):
     """`loss(x, y, a, b, epsilon, config=)` on checked inputs, compiled.
 
     The clouds' placement is read here, outside `jit`: inside, a cloud on a
     mesh with `Auto` axes is a tracer whose type does not show it.
     """
     sharding = row_sharding(x=x, y=y)
+    if isinstance(init, Coupling):
+        init = (init.f, init.g)
+    elif isinstance(init, list):
+        init = tuple(init)
     return _evaluate_jit(
-        loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding, throw
+        loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding, throw,
+        init, bool(return_potentials),
     )
 
 
 @eqx.filter_jit
 @auto_partitioned
 def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding,
-                  throw):
+                  throw, init, return_potentials):
     # `None` weights become uniform constants: never differentiated.
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     check_linear_solver(linear_solver)
     config = Config(
-        as_cost(cost), solver, linear_solver, check_block_size(block_size), sharding, bool(throw)
+        as_cost(cost), solver, linear_solver, check_block_size(block_size), sharding, bool(throw),
+        jax.lax.stop_gradient(init),
     )
-    return loss(x, y, a, b, epsilon, config=config)
+    value, potentials = loss(x, y, a, b, epsilon, config=config)
+    return (value, jax.lax.stop_gradient(potentials)) if return_potentials else value
 
 
 def ot_cost(
@@ -196,7 +221,9 @@ def ot_cost(
     linear_solver: AbstractHSolver = CG(),
     block_size: int | None = None,
     throw: bool = True,
-) -> Float[Array, ""]:
+    init: Coupling | tuple[Array, Array] | None = None,
+    return_potentials: bool = False,
+) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The regularised OT cost (ott-jax's `reg_ot_cost`), differentiable matrix-free.
 
     `OT_eps = min_{P in U(a, b)} <P, C> + eps KL(P | a b^T)`.
@@ -238,11 +265,21 @@ def ot_cost(
       value is dropped) or an HVP. With `throw=False` nothing is checked: a
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
       `result` and `hvp(..., return_stats=True)` yourself.
+    - `init`: warm start of the Sinkhorn solve: a previous `Coupling` of the
+      same shapes or its potentials `(f, g)` (e.g. those returned with
+      `return_potentials=True` at a nearby point). It changes the number of
+      iterations, not the value or the derivatives (all taken at the
+      converged solution); never differentiated.
+    - `return_potentials`: also return the solve's potentials `(f, g)`
+      (not differentiated), to warm-start the next evaluation; see
+      `NewtonCG(warm_start=...)`.
 
-    **Returns:** the scalar `reg_ot_cost`.
+    **Returns:** the scalar `reg_ot_cost`, or `(reg_ot_cost, (f, g))` with
+    `return_potentials=True`.
     """
     return _evaluate(
-        _ot_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+        _ot_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw, init,
+        return_potentials,
     )
 
 
@@ -309,7 +346,9 @@ def sinkhorn_distance(
     linear_solver: AbstractHSolver = CG(),
     block_size: int | None = None,
     throw: bool = True,
-) -> Float[Array, ""]:
+    init: Coupling | tuple[Array, Array] | None = None,
+    return_potentials: bool = False,
+) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The sharp Sinkhorn distance `<P*, C>` (entropic plan, no entropy term).
 
     Derivatives:
@@ -345,9 +384,19 @@ def sinkhorn_distance(
       value is dropped) or an HVP. With `throw=False` nothing is checked: a
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
       `result` and `hvp(..., return_stats=True)` yourself.
+    - `init`: warm start of the Sinkhorn solve: a previous `Coupling` of the
+      same shapes or its potentials `(f, g)` (e.g. those returned with
+      `return_potentials=True` at a nearby point). It changes the number of
+      iterations, not the value or the derivatives (all taken at the
+      converged solution); never differentiated.
+    - `return_potentials`: also return the solve's potentials `(f, g)`
+      (not differentiated), to warm-start the next evaluation; see
+      `NewtonCG(warm_start=...)`.
 
-    **Returns:** the scalar `<P*, C>`.
+    **Returns:** the scalar `<P*, C>`, or `(<P*, C>, (f, g))` with
+    `return_potentials=True`.
     """
     return _evaluate(
-        _sharp_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+        _sharp_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw, init,
+        return_potentials,
     )

@@ -309,3 +309,28 @@ def test_float32_sinkhorn_distance_hvp_is_finite_and_close_to_float64():
     assert hv32.dtype == jnp.float32
     assert jnp.all(jnp.isfinite(hv32))
     assert rel_err(hv32.astype(jnp.float64), hv64) < 1e-3
+
+
+@pytest.mark.parametrize("loss", [om.ot_cost, om.sinkhorn_distance])
+def test_warm_start_and_returned_potentials(loss):
+    x, y, a, b = problem(31, N, M, D)
+    t = tangents(31, x, y, a, b)
+    value, (f, g) = ours(loss, return_potentials=True)(x, y, a, b)
+    coupling = om.solve(x, y, a, b, epsilon=EPS, solver=SOLVER)
+    assert rel_err(f, coupling.f) < 1e-12 and rel_err(g, coupling.g) < 1e-12
+    assert float(value) == float(ours(loss)(x, y, a, b))
+    # From a nearby point's potentials (a pair or its Coupling): the same value,
+    # gradient and HVP as a cold start (all taken at the converged solution).
+    moved = (x + 0.05, y, a, b)
+    assert rel_err(ours(loss, init=coupling)(*moved), ours(loss)(*moved)) < 1e-12
+    jvp_grad = lambda fn: jax.jvp(jax.grad(fn, argnums=(0, 1, 2, 3)), moved, t)  # noqa: E731
+    (warm_grad, warm_hvp), (cold_grad, cold_hvp) = (
+        jvp_grad(ours(loss, init=(f, g))), jvp_grad(ours(loss))
+    )
+    assert_joint_close(warm_grad, cold_grad, 1e-10)
+    assert_joint_close(warm_hvp, cold_hvp, 1e-9)
+    # The potentials are a warm start, not a differentiable output.
+    d_potentials = jax.jvp(lambda *z: ours(loss, return_potentials=True)(*z)[1], moved, t)[1]
+    assert all(float(jnp.max(jnp.abs(leaf))) == 0.0 for leaf in d_potentials)
+    with pytest.raises(ValueError, match="init"):
+        ours(loss, init=(f[:-1], g))(x, y, a, b)

@@ -179,6 +179,44 @@ def test_registration_recovers_rotation_and_scale():
     assert stats["num_hvps"] > stats["num_steps"]
 
 
+def test_warm_start_saves_iterations_not_accuracy():
+    # Each Sinkhorn solve starts from the last accepted point's potentials:
+    # the same minimiser and the same steps, fewer Sinkhorn iterations. (Cold,
+    # the last trial point ends a run of Armijo rejections at rounding level:
+    # NewtonCG stops once backtracking falls below its tolerances.)
+    loss, tol = om.ot_cost, 1e-10
+    x, y, a_true = _registration(n=16)
+    iterations = []
+    solver = om.Sinkhorn(tol=1e-12, progress=lambda it, err: iterations.append(1),
+                         progress_every=1)
+
+    def fn(a, args):
+        y, init = args
+        return loss(x @ a, y, epsilon=2.0, solver=solver, init=init, return_potentials=True)
+
+    a0 = a_true + 0.1 * jax.random.normal(jax.random.PRNGKey(3), (3, 3))
+    zeros = (jnp.zeros(16), jnp.zeros(16))
+    runs = {}
+    for name, warm in [("cold", None), ("warm", lambda args, pots: (args[0], pots))]:
+        iterations.clear()
+        newton = om.NewtonCG(rtol=tol, atol=tol, warm_start=warm)
+        sol = optx.minimise(fn, newton, a0, (y, zeros), has_aux=True, max_steps=40)
+        runs[name] = sol, len(iterations)
+    (cold, cold_iters), (warm, warm_iters) = runs["cold"], runs["warm"]
+    assert jnp.max(jnp.abs(warm.value - cold.value)) < 100 * tol
+    # Potentials equal to 1e-12 may end the search one step apart.
+    assert abs(int(_stats(warm)["num_steps"]) - int(_stats(cold)["num_steps"])) <= 1
+    assert warm_iters < 0.9 * cold_iters, (warm_iters, cold_iters)  # 215 vs 259
+    # The returned aux is the final point's potentials (up to the gauge f + c, g - c).
+    coupling = om.solve(x @ warm.value, y, epsilon=2.0, solver=om.Sinkhorn(tol=1e-12))
+    assert jnp.std(warm.aux[0] - coupling.f) < 1e-9 and jnp.std(warm.aux[1] - coupling.g) < 1e-9
+
+
+def test_warm_start_option_must_be_callable():
+    with pytest.raises(TypeError, match="warm_start"):
+        om.NewtonCG(rtol=1e-6, atol=1e-6, warm_start=3)
+
+
 def test_loss_failure_inside_newton_raises():
     # A Sinkhorn solve that stops at max_iters raises through the minimiser.
     x, y, a_true = _registration(n=12)

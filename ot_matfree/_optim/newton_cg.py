@@ -103,6 +103,7 @@ class NewtonCG(optx.AbstractMinimiser):
     descent: NewtonCGDescent
     search: optx.AbstractSearch
     linearise: bool = eqx.field(static=True)
+    warm_start: Callable[[Any, Any], Any] | None = eqx.field(static=True)
     verbose: Callable[..., None] = eqx.field(static=True)
     progress: Callable[[dict[str, Array]], None] | None = eqx.field(static=True)
 
@@ -116,6 +117,7 @@ class NewtonCG(optx.AbstractMinimiser):
         forcing: str | float = "eisenstat-walker",
         cg_max_steps: int | None = None,
         linearise: bool = True,
+        warm_start: Callable[[Any, Any], Any] | None = None,
         verbose: bool | Callable[..., None] = False,
         progress: Callable[[dict[str, Array]], None] | None = None,
     ):
@@ -137,6 +139,23 @@ class NewtonCG(optx.AbstractMinimiser):
           (one Sinkhorn solve per point); `False` calls
           `jax.jvp(jax.grad(fn))` per HVP instead (re-solves; for functions
           whose linearisation is memory-heavy).
+        - `warm_start`: optional `warm_start(args, aux) -> args`: the `args`
+          `fn` is evaluated with at a trial point, built from the `aux` that
+          `fn` returned at the last accepted point (`has_aux=True`; zeros of
+          its shape before the first point). With ot_matfree's losses,
+          `return_potentials=True` returns the potentials as `aux` and
+          `init=` takes them, so each Sinkhorn solve starts from the previous
+          point's potentials:
+
+          ```python
+          def fn(w, args):
+              x, y, init = args
+              return om.ot_cost(x @ w, y, epsilon=0.05, init=init, return_potentials=True)
+
+          solver = om.NewtonCG(1e-8, 1e-8, warm_start=lambda args, pots: (*args[:2], pots))
+          f0, g0 = jnp.zeros(len(x)), jnp.zeros(len(y))
+          optx.minimise(fn, solver, w0, (x, y, (f0, g0)), has_aux=True)
+          ```
         - `verbose`: `True` prints the loss, step size, gradient norm and CG
           steps of every step (`jax.debug.print`); a callable receives them as
           keyword arguments `name=(label, value)`, as optimistix's `verbose`.
@@ -151,6 +170,9 @@ class NewtonCG(optx.AbstractMinimiser):
         self.descent = NewtonCGDescent(forcing=forcing, max_steps=cg_max_steps)
         self.search = search
         self.linearise = linearise
+        if warm_start is not None and not callable(warm_start):
+            raise TypeError(f"`warm_start` must be callable or None, got {type(warm_start)}.")
+        self.warm_start = warm_start
         if callable(verbose):
             self.verbose = verbose
         elif verbose is True or verbose is False:
@@ -198,6 +220,8 @@ class NewtonCG(optx.AbstractMinimiser):
         return f, grad, aux, lambda v: jax.jvp(grad_fn, (y_eval,), (v,))[1]
 
     def step(self, fn, y, args, options, state: _NewtonCGState, tags):
+        if self.warm_start is not None:
+            args = self.warm_start(args, state.aux)
         f_eval, grad, aux_eval, hvp = self._evaluate(fn, state.y_eval, args)
         step_size, accept, search_result, search_state = self.search.step(
             state.first_step, y, state.y_eval, state.f_info,
@@ -219,7 +243,16 @@ class NewtonCG(optx.AbstractMinimiser):
                 descent_state), terminate, jnp.isfinite(f_eval)
 
         def rejected(descent_state):
-            return y, state.f_info, state.aux, descent_state, jnp.array(False), jnp.array(True)
+            # Backtracked below the tolerances: the trial point equals the
+            # accepted one to the precision asked for, where a loss's rounding
+            # (e.g. a Sinkhorn solve's) can fail Armijo's test at every step
+            # length. Stop at the accepted point, as if the trial were accepted.
+            y_diff = jax.tree.map(jnp.subtract, state.y_eval, y)
+            stalled = _cauchy_termination(
+                self.rtol, self.atol, self.norm, y, y_diff, state.f_info.f,
+                f_eval - state.f_info.f,
+            )
+            return y, state.f_info, state.aux, descent_state, stalled, jnp.array(True)
 
         # A non-finite value (e.g. a loss that returns +inf where its solve
         # failed) fails Armijo's test, so at a trial point it is a rejected
