@@ -29,17 +29,18 @@ Newton-CG with Armijo and BFGS a rejected trial point counts as a step, so
 At the paper's epsilon = 0.05 the clouds (spread ~5, squared distances ~100)
 give a coupling close to a permutation, where adaptive Sinkhorn reaches a
 marginal error of 1e-6 in ~400 iterations at the true `W` but needs ~65,000
-(90 s) at `W0`, and 1e-8 only after ~100,000 near the minimiser (n = 500).
-`--paper` therefore runs n = 500, eps = 0.05 at Sinkhorn tolerance 1e-6 with
-Newton steps on the dual (`Sinkhorn(newton=0.1)`, what docs/forward_solvers.md
-recommends for loops over one shape: 1.3 s per value and gradient at `W0`
-instead of 90 s) for every method alike, with the paper's 2,000
-gradient-descent and Adam steps (`--gd-steps`). Its start is the seed
-study's first draw (`--start-seed 1`), a typical one: from each of the 8
-draws of `shuffled_regression_seeds.py`, Newton-CG reaches the true basin.
-The data's own key (`--start-seed data`, the default without `--paper`) is
-the rare bad draw at this epsilon, whose basin holds a spurious local
-minimum; its earlier output is `shuffled_regression_paper_datakey_output.txt`.
+(81 s per value and gradient) at `W0`, and 1e-8 only after ~100,000 near the
+minimiser (n = 500). `--paper` therefore runs n = 500, eps = 0.05 at Sinkhorn
+tolerance 1e-6 with Newton steps on the dual (`Sinkhorn(newton=0.1)`, what
+docs/forward_solvers.md recommends for loops over one shape: 1.2 s at `W0`,
+`benchmarks/shuffled_solver_cost.py`) for every method alike, with the
+paper's 2,000 gradient-descent and Adam steps (`--gd-steps`). Its start is
+the seed study's first draw (`--start-seed 1`), a typical one: from each of
+the 8 draws of `shuffled_regression_seeds.py`, Newton-CG reaches the true
+basin. The data's own key (`--start-seed data`, the default without
+`--paper`) is the rare bad draw at this epsilon, whose basin holds a
+spurious local minimum; its earlier output is
+`shuffled_regression_paper_datakey_output.txt`.
 
 Line-search trial points (Newton-CG with Armijo, BFGS) may lie far out where
 Sinkhorn needs many iterations: they are evaluated with a probe solve capped
