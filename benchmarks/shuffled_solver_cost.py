@@ -10,8 +10,8 @@ a gradient-descent iterate (5 steps of learning rate 1e-3 from `W0`) and the
 true `W`. Median of `--repeats` runs after a compiling call; the solve's
 iterations (Newton steps counted as half their streaming passes) and passes.
 
-    python benchmarks/shuffled_solver_cost.py --repeats 2 \
-        --out benchmarks/results/shuffled_solver_cost_cpu.md
+The committed result: `python benchmarks/shuffled_solver_cost.py --repeats 2
+--out benchmarks/results/shuffled_solver_cost_cpu.md`.
 """
 
 import argparse
