@@ -19,9 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _env(devices: int | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     if devices is not None:
-        env["XLA_FLAGS"] = (
-            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-        ).strip()
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
 
