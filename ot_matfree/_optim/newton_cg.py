@@ -228,12 +228,13 @@ class NewtonCG(optx.AbstractMinimiser):
             optx.FunctionInfo.EvalGrad(f_eval, grad), state.search_state,
         )
 
+        y_diff = jax.tree.map(jnp.subtract, state.y_eval, y)
+
         def accepted(descent_state):
             f_info = optx.FunctionInfo.EvalGradHessian(
                 f_eval, grad, hessian_operator(hvp, state.y_eval)
             )
             descent_state = self.descent.query(state.y_eval, f_info, descent_state)
-            y_diff = jax.tree.map(jnp.subtract, state.y_eval, y)
             terminate = _cauchy_termination(
                 self.rtol, self.atol, self.norm, state.y_eval, y_diff, f_eval,
                 f_eval - state.f_info.f,
@@ -247,7 +248,6 @@ class NewtonCG(optx.AbstractMinimiser):
             # accepted one to the precision asked for, where a loss's rounding
             # (e.g. a Sinkhorn solve's) can fail Armijo's test at every step
             # length. Stop at the accepted point, as if the trial were accepted.
-            y_diff = jax.tree.map(jnp.subtract, state.y_eval, y)
             stalled = _cauchy_termination(
                 self.rtol, self.atol, self.norm, y, y_diff, state.f_info.f,
                 f_eval - state.f_info.f,
