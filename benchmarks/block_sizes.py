@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import _common as common  # noqa: E402
 from ot_matfree import Coupling  # noqa: E402
-from ot_matfree._streaming import apply, row_logsumexp, schur_apply, stream  # noqa: E402
+from ot_matfree._stream.engine import apply, row_logsumexp, schur_apply, stream  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

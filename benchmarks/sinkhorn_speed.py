@@ -46,7 +46,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
-from ot_matfree._streaming import marginals  # noqa: E402
+from ot_matfree._stream.engine import marginals  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TOL = 1e-6
@@ -90,7 +90,7 @@ def ott(kind):
     def run(x, y, epsilon, max_iters):
         assert max_iters == MAX_ITERS[0]
         eps = jnp.asarray(epsilon)
-        return solve(x, y, eps, om._sinkhorn.initial_epsilon(x, y, om.SqEuclidean(), eps))
+        return solve(x, y, eps, om._forward.sinkhorn.initial_epsilon(x, y, om.SqEuclidean(), eps))
 
     return run
 

@@ -27,17 +27,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._checks import check_block_size, check_problem
-from ._config import Config
-from ._costs import AbstractCost, SqEuclidean, as_cost
-from ._coupling import Coupling
-from ._hvp import check_finite, check_linear_solver, grad, hvp
-from ._implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
-from ._sharding import auto_partitioned, row_sharding
-from ._sharp_reductions import cost_marginals, sharp_gradients
-from ._sinkhorn import Sinkhorn
-from ._solver._base import AbstractHSolver
-from ._solver.cg import CG
+from ._core.checks import check_block_size, check_problem
+from ._forward.config import Config
+from ._core.costs import AbstractCost, SqEuclidean, as_cost
+from ._core.coupling import Coupling
+from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
+from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
+from ._core.sharding import auto_partitioned, row_sharding
+from ._stream.sharp import cost_marginals, sharp_gradients
+from ._forward.sinkhorn import Sinkhorn
+from ._linear.base import AbstractHSolver
+from ._linear.cg import CG
 
 
 def _pairing(grads, tangents) -> Array:

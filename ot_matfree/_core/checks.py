@@ -1,0 +1,145 @@
+"""Input validation shared by the public entry points.
+
+Shape and dtype problems raise at call time; value problems (NaN, bad
+weights, epsilon <= 0) raise at run time through `error_if` (`eqx.error_if`
+on a scalar), which also works under `jit` and `vmap`.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, PyTree
+
+from .results import RESULTS
+
+
+def _tie(tree: PyTree, token: Array) -> PyTree:
+    """`tree`, each array made to depend on the zero scalar `token` (exactly:
+    `+ 0`, or `xor False` for booleans)."""
+
+    def tie(leaf):
+        if leaf.dtype == jnp.bool_:
+            return leaf ^ (token != 0)
+        return leaf + token.astype(leaf.dtype)
+
+    dynamic, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.tree_util.tree_map(tie, dynamic), static)
+
+
+def error_if(tree: PyTree, pred: Bool[Array, "..."], msg: str) -> PyTree:
+    """`eqx.error_if(tree, pred, msg)` that leaves `tree` where it is.
+
+    equinox threads `tree` itself through a `lax.cond` whose error branch runs
+    on one device, so XLA gathers a sharded array onto device 0 and spreads
+    it out again (O(n d) memory and traffic per device, and a warning).
+    Here the check runs on a scalar and every array of `tree` depends on it,
+    so it still runs whenever any of them is used (also under
+    `jit(grad(...))`, where JAX drops unused values).
+    """
+    return _tie(tree, eqx.error_if(jnp.zeros((), jnp.int32), pred, msg))
+
+
+def error_if_failed(tree: PyTree, result: RESULTS) -> PyTree:
+    """`tree`, raising `RESULTS[result]` wherever it is used unless `result` is
+    `successful` (as `error_if`)."""
+    token = result.error_if(jnp.zeros((), jnp.int32), result != RESULTS.successful)
+    return _tie(tree, token)
+
+
+def check_points(name: str, z) -> Array:
+    z = jnp.asarray(z)
+    if z.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (num_points, dim), got shape {z.shape}.")
+    if z.shape[0] == 0:
+        raise ValueError(f"`{name}` has no points.")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {z.dtype}.")
+    if jnp.finfo(z.dtype).bits < 32:
+        raise TypeError(
+            f"`{name}` has dtype {z.dtype}: Sinkhorn and the H-solves are not accurate below "
+            f"float32 (HVPs 10x off); convert with `{name}.astype(jnp.float32)`."
+        )
+    return error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
+
+
+def check_weights(name: str, w, size: int, dtype) -> Array:
+    """Positive weights summing to one; uniform when `w` is None.
+
+    Rule: `|sum(w) - 1| <= sqrt(eps)` of the dtype the weights are *given* in
+    (3.5e-4 for float32, 1.5e-8 for float64); within that they are
+    renormalised, `w / sum(w)` in the computation's dtype, so that the
+    balanced problem is exactly feasible (float32 weights summing to 1 + 1e-5
+    otherwise leave Sinkhorn stuck at a marginal error of 1e-5). The sum is
+    not differentiated: derivatives are those of `w` itself.
+    """
+    if w is None:
+        return jnp.full((size,), 1.0 / size, dtype)
+    w = jnp.asarray(w)
+    given = w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else dtype
+    w = w.astype(dtype)
+    if w.shape != (size,):
+        raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
+    w = error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
+    w = error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
+    total = jnp.sum(w)
+    w = error_if(
+        w,
+        jnp.abs(total - 1) > float(np.sqrt(np.finfo(given).eps)),
+        f"`{name}` must sum to 1 (balanced OT) to within sqrt(machine epsilon) of its dtype; "
+        f"normalise it with `{name} / {name}.sum()`.",
+    )
+    return w / jax.lax.stop_gradient(total)
+
+
+def check_epsilon(epsilon, dtype) -> Array:
+    if jnp.iscomplexobj(epsilon):
+        raise TypeError(f"`epsilon` must be real, got {epsilon!r}.")
+    epsilon = jnp.asarray(epsilon, dtype)
+    if epsilon.ndim != 0:
+        raise ValueError(f"`epsilon` must be a scalar, got shape {epsilon.shape}.")
+    return error_if(
+        epsilon, ~(jnp.isfinite(epsilon) & (epsilon > 0)), "`epsilon` must be finite and > 0."
+    )
+
+
+def check_same_dim(x: Array, y: Array) -> None:
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"`x` and `y` must have the same dimension, got {x.shape[1]} and {y.shape[1]}."
+        )
+    if x.dtype != y.dtype:
+        raise TypeError(f"`x` and `y` must have the same dtype, got {x.dtype} and {y.dtype}.")
+
+
+def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
+    v = jnp.asarray(v, dtype)
+    if v.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}, got {v.shape}.")
+    return error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
+
+
+def check_block_size(block_size) -> int | str | None:
+    """`None`, `"auto"`, or a positive Python/NumPy integer, returned as a Python `int`."""
+    if block_size is None or (isinstance(block_size, str) and block_size == "auto"):
+        return block_size
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(
+            f"`block_size` must be a positive integer, \"auto\" or None, got {block_size!r} "
+            f"({type(block_size).__name__}); it fixes array shapes, so it cannot be traced."
+        )
+    if block_size < 1:
+        raise ValueError(
+            f"`block_size` must be a positive integer, \"auto\" or None, got {block_size}."
+        )
+    return int(block_size)
+
+
+def check_problem(x, y, a, b, epsilon):
+    """Validate a balanced OT problem; `None` weights become uniform."""
+    x = check_points("x", x)
+    y = check_points("y", y)
+    check_same_dim(x, y)
+    a = check_weights("a", a, x.shape[0], x.dtype)
+    b = check_weights("b", b, y.shape[0], x.dtype)
+    return x, y, a, b, check_epsilon(epsilon, x.dtype)

@@ -1,0 +1,279 @@
+"""Matrix-free derivative rules: Danskin gradients and Hessian-vector products.
+
+Formulas: `docs/math.md`. The HVP is the JVP of the gradient map
+`(x, y, a, b) -> (grad_x, grad_y, grad_a, grad_b)` of ott-jax's `reg_ot_cost`
+at fixed, converged potentials: a streaming pass for the right-hand side
+(which also gives H's marginals when no solver state is given, and the
+product that reduces the H-system to its smaller side), one H-matrix solve
+by `linear_solver`, and a streaming pass for the output. With CG that is
+`K + 3` passes for `K` CG steps (`tests/unit/test_stream_passes.py`).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float
+
+from .._core.checks import check_tangent, error_if, error_if_failed
+from .._core.coupling import Coupling, upstream_status
+from .._linear.operators import HOperator, h_operator
+from .._stream.pair import gradients, schur_rhs, tangent_gradients
+from .._core.results import RESULTS
+from .._core.sharding import auto_partitioned
+from .._linear.base import AbstractHSolver
+from .._linear.cg import CG
+
+
+def finite_status(tree) -> RESULTS:
+    """`successful` when every array of `tree` is finite, else `nonfinite_derivative`."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in jax.tree_util.tree_leaves(tree)]))
+    return RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite_derivative)
+
+
+def check_finite(tree, coupling: Coupling, throw: bool):
+    """With `throw`, raise (naming the cost) when a derivative is not finite."""
+    if not throw:
+        return tree
+    return error_if(
+        tree, finite_status(tree) != RESULTS.successful,
+        f"{RESULTS[RESULTS.nonfinite_derivative]} The cost is {coupling.cost!r}; pass "
+        "`throw=False` to get the values as they are.",
+    )
+
+
+@eqx.filter_jit
+@auto_partitioned
+def grad(coupling: Coupling, *, throw: bool = True) -> tuple[Array, Array, Array, Array]:
+    """Gradients of `reg_ot_cost` w.r.t. `(x, y, a, b)` (Danskin), one pass.
+
+    `grad_x_i = sum_j P_ij grad_1 c(x_i, y_j)`, `grad_y_j = sum_i P_ij grad_2 c`,
+    `grad_a = f - eps log a`, `grad_b = g - eps log b` (ott-jax's convention;
+    on the simplex only the part orthogonal to 1 is meaningful). With
+    `throw=True` a non-finite gradient (a cost that is not differentiable
+    where the coupling has mass) raises `RESULTS.nonfinite_derivative`.
+    """
+    gx, gy = check_finite(gradients(coupling), coupling, throw)
+    eps = coupling.epsilon
+    return gx, gy, coupling.f - eps * jnp.log(coupling.a), coupling.g - eps * jnp.log(coupling.b)
+
+
+@eqx.filter_jit
+def grad_x(coupling: Coupling, *, throw: bool = True) -> Float[Array, "n d"]:
+    """Gradient of `reg_ot_cost` w.r.t. the source points `x`, shape (n, d).
+
+    `throw` as for `grad`.
+    """
+    return grad(coupling, throw=throw)[0]
+
+
+def check_linear_solver(linear_solver) -> None:
+    if not isinstance(linear_solver, AbstractHSolver):
+        raise TypeError(
+            "`linear_solver` must be an ot_matfree H-solver (`CG()`, `SpectralCG()`, "
+            f"`TruncatedSVD()`, `DenseSolver()`), got {type(linear_solver).__name__}."
+        )
+
+
+def _checked_state(coupling: Coupling, linear_solver, state, operator=None):
+    """`state` if it was made from `coupling`'s H-matrix, else a fresh one
+    (from `operator` when the caller already has it)."""
+    if state is None:
+        operator = h_operator(coupling) if operator is None else operator
+        return linear_solver.init(operator, {})
+    operator = getattr(state, "operator", None)
+    held = getattr(operator, "coupling", None)
+    if not isinstance(held, Coupling) or held.shape != coupling.shape:
+        raise ValueError(
+            "`solver_state` must be `linear_solver.init(h_operator(coupling), {})` for this "
+            "coupling."
+        )
+    same = jnp.array_equal(held.f, coupling.f) & jnp.array_equal(held.g, coupling.g)
+    same = same & jnp.array_equal(held.x, coupling.x) & jnp.array_equal(held.y, coupling.y)
+    return error_if(
+        state, ~same,
+        "`solver_state` was computed for a different coupling; make it with "
+        "`linear_solver.init(h_operator(coupling), {})` for the coupling you differentiate.",
+    )
+
+
+def solve_h(
+    coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool,
+    operator: HOperator | None = None, pushed=None,
+):
+    """`H^+ [r; s]` for the H-matrix of `coupling`: `(df, dg, stats)`.
+
+    `stats["result"]` is `successful`, `coupling_not_converged` (the
+    coupling's own solve failed) or `linear_solve_failed`; with `throw` a
+    failure raises through every output. `operator`: the H-matrix of
+    `coupling` when the caller has already computed its marginals (used
+    only when `state` is `None`). `pushed`: the product reducing `[r; s]`
+    to the smaller side, from the caller's pass (`schur_rhs`).
+    """
+    state = _checked_state(coupling, linear_solver, state, operator)
+    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s, pushed)
+    upstream = upstream_status(coupling)
+    failed = RESULTS.where(
+        solve_result == lx.RESULTS.successful, RESULTS.successful, RESULTS.linear_solve_failed
+    )
+    result = RESULTS.where(upstream == RESULTS.successful, failed, upstream)
+    stats = {**stats, "result": result}
+    if throw:
+        df, dg = error_if_failed((df, dg), result)
+    return df, dg, stats
+
+
+def _batch_size(tangents: dict, shapes: dict) -> int | None:
+    """`k` when the given tangents carry a leading batch axis of size `k`, else `None`."""
+    given = {name: t for name, t in tangents.items() if t is not None}
+    batched = {}
+    for name, t in given.items():
+        ndim = jnp.ndim(t)
+        if ndim == len(shapes[name]) + 1:
+            batched[name] = jnp.shape(t)[0]
+        elif ndim != len(shapes[name]):
+            raise ValueError(
+                f"`{name}` must have shape {shapes[name]}, or (k, *{shapes[name]}) for k "
+                f"tangents at once, got {jnp.shape(t)}."
+            )
+    if not batched:
+        return None
+    if len(set(batched.values())) > 1 or len(batched) < len(given):
+        got = {name: jnp.shape(t) for name, t in given.items()}
+        raise ValueError(
+            "Batched tangents: every given tangent needs the same leading batch axis "
+            f"(shapes (k, ...)); got {got}."
+        )
+    return next(iter(batched.values()))
+
+
+def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
+    """`hvp` for one tangent (checked, `None` for zero): `(out, stats)`."""
+    eps = coupling.epsilon
+    # One pass: the right-hand side, the product reducing it to the smaller
+    # side, and (without a solver state) H's marginals. The cost's first
+    # derivatives enter here: check them before the H-solve, whose own
+    # failure would otherwise be reported first.
+    operator, marginal = None, None
+    if solver_state is not None:
+        solver_state = _checked_state(coupling, linear_solver, solver_state)
+        held = solver_state.operator
+        marginal = held.b_hat if coupling.shape[1] > coupling.shape[0] else held.a_hat
+    r, s, a_hat, b_hat, pushed = schur_rhs(
+        coupling, dx, dy, None if da is None else eps * da, None if db is None else eps * db,
+        marginal,
+    )
+    if solver_state is None:
+        operator = HOperator(coupling, a_hat, b_hat)
+    r, s = check_finite((r, s), coupling, throw)
+    df, dg, stats = solve_h(
+        coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw,
+        operator=operator, pushed=pushed,
+    )
+    out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
+    # A non-finite cost derivative is the root cause of any failure it leads to.
+    finite = finite_status((r, s, out_x, out_y))
+    stats["result"] = RESULTS.where(finite == RESULTS.successful, stats["result"], finite)
+    out_a = df if da is None else df - eps * da / coupling.a
+    out_b = dg if db is None else dg - eps * db / coupling.b
+    return (out_x, out_y, out_a, out_b), stats
+
+
+@eqx.filter_jit
+@auto_partitioned
+def hvp(
+    coupling: Coupling,
+    dx: Float[Array, "*k n d"] | None = None,
+    dy: Float[Array, "*k m d"] | None = None,
+    da: Float[Array, "*k n"] | None = None,
+    db: Float[Array, "*k m"] | None = None,
+    *,
+    linear_solver: AbstractHSolver = CG(),
+    solver_state=None,
+    return_stats: bool = False,
+    throw: bool = True,
+):
+    """Joint Hessian-vector product of `reg_ot_cost` in `(x, y, a, b)`.
+
+    Returns the JVP of `grad` in the tangent `(dx, dy, da, db)` (a `None`
+    tangent is zero): `(d grad_x, d grad_y, d grad_a, d grad_b)`. Memory is
+    O((n + m) d + block * m). When `sum(da) != sum(db)` the H-system is
+    inconsistent and its least-squares solution is used (docs/math.md, step 3);
+    only the part of the weight outputs orthogonal to 1 is then meaningful.
+
+    **Arguments:**
+
+    - `coupling`: a solved `Coupling`.
+    - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,);
+      or `k` tangents at once, each given tangent with a leading batch axis
+      (shapes (k, n, d), ...). A batch shares every block of `P` (each exp is
+      computed once for all `k`), and the `k` H-solves run together (one CG
+      per column, stopping when the last has converged).
+    - `linear_solver`: how H is solved (`CG()`, `SpectralCG()`,
+      `TruncatedSVD()`, `DenseSolver()`).
+    - `solver_state`: `linear_solver.init(h_operator(coupling), {})`,
+      computed once and reused for many HVPs with the same coupling (the
+      spectral solvers' block Lanczos, `DenseSolver`'s eigendecomposition).
+      `None`: set up inside this call.
+    - `return_stats`: also return the solver's stats dict (`num_steps`,
+      `residual`, `converged`, `result`, ...). `converged` describes the
+      H-solve alone; `result` also covers the coupling's own status. For a
+      batch, every entry has a leading axis of size `k` (per-column steps,
+      residuals and statuses).
+    - `throw`: raise (also under `jit`) when the H-solve does not converge,
+      the coupling's own Sinkhorn solve did not, or a derivative of the cost
+      is not finite where the coupling has mass. With `throw=False` the
+      status is `stats["result"]` (an `ot_matfree.RESULTS`).
+
+    **Returns:** the four output tangents (with the batch axis of the
+    tangents, if any), and the stats dict if `return_stats`.
+    """
+    check_linear_solver(linear_solver)
+    (n, d), m = coupling.x.shape, coupling.y.shape[0]
+    dtype = coupling.x.dtype
+    shapes = {"dx": (n, d), "dy": (m, d), "da": (n,), "db": (m,)}
+    given = {"dx": dx, "dy": dy, "da": da, "db": db}
+    k = _batch_size(given, shapes)
+    # Zero tangents stay `None` so the reductions skip their terms.
+    dx, dy, da, db = (
+        None if t is None
+        else check_tangent(name, t, shapes[name] if k is None else (k, *shapes[name]), dtype)
+        for name, t in given.items()
+    )
+
+    def one(dx, dy, da, db):
+        return _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw)
+
+    # A batch is `vmap` of the single HVP: everything that does not depend on
+    # the tangents (the blocks of P, H's marginals, a solver's set-up) is
+    # computed once, and each block's products take all k columns at once.
+    out, stats = one(dx, dy, da, db) if k is None else jax.vmap(one)(dx, dy, da, db)
+    return (out, stats) if return_stats else out
+
+
+def hvp_x(
+    coupling: Coupling,
+    v: Float[Array, "*k n d"],
+    *,
+    linear_solver: AbstractHSolver = CG(),
+    solver_state=None,
+    return_stats: bool = False,
+    throw: bool = True,
+):
+    """Hessian-vector product of `reg_ot_cost` w.r.t. the source points.
+
+    `H_xx v`, shape (n, d), matrix-free; for `v` of shape (k, n, d), the `k`
+    products, shape (k, n, d), sharing every exp (see `hvp`). Arguments as
+    for `hvp`. With
+    `return_stats=True` returns `(hv, stats)`; `stats["num_steps"]` counts
+    solver iterations, `stats["residual"]` is the final relative residual
+    and `stats["result"]` the status.
+    """
+    out = hvp(
+        coupling, dx=v, linear_solver=linear_solver, solver_state=solver_state,
+        return_stats=return_stats, throw=throw,
+    )
+    if return_stats:
+        (hv, *_), stats = out
+        return hv, stats
+    return out[0]

@@ -1,0 +1,132 @@
+"""The normalised Schur complement of the H-matrix on its smaller side.
+
+With `Q` the coupling oriented as (larger side) x (smaller side), `p` the
+larger side's marginal and `q` the smaller side's, eliminating the larger
+side leaves `S = diag(q) - Q^T diag(1/p) Q`. In the variable `z = sqrt(q) dv`
+this is `N = I - Pt^T Pt` with `Pt = diag(p)^-1/2 Q diag(q)^-1/2`, whose
+eigenvalues are `1 - s_k^2` for the singular values `s_k` of `Pt`
+(`s_1 = 1`, null vector `sqrt(q)`). CG on `N` is CG on `S` with a Jacobi
+preconditioner; the spectral solvers work with `Pt` directly.
+
+`Pt^T Pt z` is one streaming pass (`_streaming.schur_apply`): the coupling
+`Q` is streamed with the larger side as its rows (`P` itself, or
+`Coupling.transpose()` when `m > n`), so each row block's `Q_b y` is
+complete in its block, `diag(1/p)` applies there, and `Q_b^T (Q_b y / p_b)`
+accumulates over the smaller side; every exp is computed once per CG step.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .operators import CouplingOperator, HOperator
+from .._stream.engine import schur_apply
+from .base import fix_gauge, range_shift
+
+
+class NormalisedSchur(eqx.Module):
+    """`N = I - Pt^T Pt` on the smaller side of an H-matrix (see module doc)."""
+
+    q_op: CouplingOperator
+    p: Float[Array, " big"]
+    q: Float[Array, " small"]
+    swapped: bool = eqx.field(static=True)
+
+    @classmethod
+    def from_h(cls, operator: HOperator) -> "NormalisedSchur":
+        n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
+        if m <= n:
+            return cls(operator.p, operator.a_hat, operator.b_hat, False)
+        return cls(operator.p.T, operator.b_hat, operator.a_hat, True)
+
+    @property
+    def null_vector(self) -> Float[Array, " small"]:
+        """Unit vector spanning the null space of `N` (and the top right
+        singular vector of `Pt`)."""
+        root = jnp.sqrt(self.q)
+        return root / jnp.linalg.norm(root)
+
+    def project(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
+        """Remove the null-vector component."""
+        u = self.null_vector
+        return z - jnp.vdot(u, z) * u
+
+    def pt_mv(self, z: Float[Array, " small"]) -> Float[Array, " big"]:
+        return self.q_op.mv(z / jnp.sqrt(self.q)) / jnp.sqrt(self.p)
+
+    def pt_rmv(self, w: Float[Array, " big"]) -> Float[Array, " small"]:
+        return self.q_op.T.mv(w / jnp.sqrt(self.p)) / jnp.sqrt(self.q)
+
+    def _products(self, z: Float[Array, " small *k"]):
+        """`(Q y, Pt^T Pt z)` with `y = z / sqrt(q)`, in one streaming pass."""
+        root_q = jnp.sqrt(self.q).reshape((-1,) + (1,) * (z.ndim - 1))
+        q_y, out = schur_apply(self.q_op.coupling, z / root_q, 1 / self.p)
+        return q_y, out / root_q
+
+    def gram(self, z: Float[Array, " small *k"]) -> Float[Array, " small *k"]:
+        """`Pt^T Pt z` (one pass; `z` a vector or a thin matrix of columns)."""
+        return self._products(z)[1]
+
+    def mv(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
+        return self.project(z - self.gram(z))
+
+    def mv_and_image(self, z: Float[Array, " small"]):
+        """`(N z, Q (z / sqrt(q)))` in one pass: the product and what `recover`
+        needs of the same `z` (CG's final residual and the recovery share it)."""
+        q_y, out = self._products(z)
+        return self.project(z - out), q_y
+
+    def reduce(
+        self, r: Float[Array, " n"], s: Float[Array, " m"],
+        moved: Float[Array, " small"] | None = None,
+    ) -> Float[Array, " small"]:
+        """Right-hand side of the normalised system (orthogonal to the null vector).
+
+        `moved`: `Q^T (big / p)` when already computed, else one pass.
+        """
+        big, small = (s, r) if self.swapped else (r, s)
+        moved = self.q_op.T.mv(big / self.p) if moved is None else moved
+        return self.project((small - moved) / jnp.sqrt(self.q))
+
+    def rounding_level(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
+        """Absolute residual below which the reduced right-hand side is rounding noise.
+
+        `reduce` subtracts two terms of norm up to `|[r / sqrt(a_hat); s / sqrt(b_hat)]|`;
+        its result carries rounding error of a few machine epsilons times that.
+        """
+        big, small = (s, r) if self.swapped else (r, s)
+        scale = jnp.sqrt(jnp.sum(big**2 / self.p) + jnp.sum(small**2 / self.q))
+        return 4 * jnp.finfo(scale.dtype).eps * scale
+
+    def recover(
+        self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"],
+        image: Float[Array, " big"] | None = None,
+    ):
+        """`(df, dg)` from the normalised solution `z`, gauge fixed. `image`:
+        `Q (z / sqrt(q))` when already computed (`mv_and_image`), else one pass."""
+        big = s if self.swapped else r
+        d_small = z / jnp.sqrt(self.q)
+        image = self.q_op.mv(d_small) if image is None else image
+        d_big = (big - image) / self.p
+        df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
+        return fix_gauge(df, dg)
+
+
+def reduced_system(operator: HOperator, r: Float[Array, " n"], s: Float[Array, " m"], pushed=None):
+    """`(schur, r, s, b)`: the normalised Schur complement of `operator`,
+    `[r; s]` moved into H's range (`project_range`), and the reduced
+    right-hand side `b = schur.reduce(r, s)`.
+
+    `pushed = (Q^T (big / p), Q^T (1 / p))` for the `[r; s]` given (the
+    caller's own pass, `_pair_reductions.schur_rhs`) replaces `reduce`'s
+    pass: moving into the range shifts `big` by a constant `c`, and
+    `Q^T ((big + c) / p) = Q^T (big / p) + c Q^T (1 / p)`.
+    """
+    shift = range_shift(r, s)
+    r, s = r - shift, s + shift
+    schur = NormalisedSchur.from_h(operator)
+    moved = None
+    if pushed is not None:
+        to_big, to_one = pushed
+        moved = to_big + (shift if schur.swapped else -shift) * to_one
+    return schur, r, s, schur.reduce(r, s, moved)

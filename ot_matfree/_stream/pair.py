@@ -1,0 +1,249 @@
+"""Per-pair streaming reductions for gradients and Hessian-vector products.
+
+Each block needs two kinds of per-pair quantities (`docs/math.md`,
+"Gradient" and "Joint Hessian-vector product"):
+
+- `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`, and
+- contractions with block weights `W` (and `P`):
+  `sum_j W_ij grad_1 c_ij + P_ij (grad_11 c dx_i + grad_12 c dy_j)` per row,
+  `sum_i W_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j)` per column.
+
+For a general cost they are evaluated pair by pair with `vmap` of
+`jax.grad` / `jax.jvp` (blocks of `k x m x d`). For the squared Euclidean
+cost, `grad_1 c = 2 (x_i - y_j) = -grad_2 c` and the second-order terms are
+`+-2 (dx_i - dy_j)`, so everything reduces to matrix products with thin
+matrices: no `k x m x d` array and far fewer flops.
+
+Zero tangents are passed as `None` and their terms skipped, never built as
+zero arrays: besides saving work, this avoids an XLA CPU bug (jaxlib 0.10,
+float32): a fused `exp(block) @ constant_matrix` (the "ynn" dot fusion) can
+return NaN when the constant is a broadcast such as `zeros((m, d))`.
+"""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._core.costs import AbstractCost, SqEuclidean
+from .._core.coupling import Coupling
+from .engine import marginals, stream
+
+
+def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
+    """`grad_1 c`, `grad_2 c`, `dC` and the second-order tangent terms, per pair."""
+    grads = jax.grad(cost, argnums=(0, 1))
+
+    def one(xi, yj, dxi, dyj):
+        (g1, g2), (t1, t2) = jax.jvp(grads, (xi, yj), (dxi, dyj))
+        return g1, g2, jnp.vdot(g1, dxi) + jnp.vdot(g2, dyj), t1, t2
+
+    return jax.vmap(lambda xi, dxi: jax.vmap(lambda yj, dyj: one(xi, yj, dxi, dyj))(y, dy))(
+        xb, dxb
+    )
+
+
+def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
+    """`dC` on a block; `dxb` or `dy` may be `None` (zero), not both."""
+    if isinstance(cost, SqEuclidean):
+        xb, y = SqEuclidean.centre(xb, y)
+        dc = 0.0
+        if dxb is not None:
+            dc = dc + (jnp.sum(xb * dxb, axis=1)[:, None] - dxb @ y.T)
+        if dy is not None:
+            dc = dc + (jnp.sum(y * dy, axis=1)[None, :] - xb @ dy.T)
+        return 2 * dc
+    dxb = jnp.zeros_like(xb) if dxb is None else dxb
+    dy = jnp.zeros_like(y) if dy is None else dy
+    return _per_pair(cost, xb, y, dxb, dy)[2]
+
+
+def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
+    """Row and column contractions of `w` with the cost gradients, plus those
+    of `p` with the second-order terms when `p` is given."""
+    if isinstance(cost, SqEuclidean):
+        xb, y = SqEuclidean.centre(xb, y)
+        out_x = 2 * (jnp.sum(w, axis=1)[:, None] * xb - w @ y)
+        out_y = 2 * (jnp.sum(w, axis=0)[:, None] * y - w.T @ xb)
+        if p is not None and dxb is not None:
+            out_x = out_x + 2 * jnp.sum(p, axis=1)[:, None] * dxb
+            out_y = out_y - 2 * p.T @ dxb
+        if p is not None and dy is not None:
+            out_x = out_x - 2 * p @ dy
+            out_y = out_y + 2 * jnp.sum(p, axis=0)[:, None] * dy
+        return out_x, out_y
+    if p is None or (dxb is None and dy is None):
+        zx, zy = jnp.zeros_like(xb), jnp.zeros_like(y)
+        g1, g2, _, _, _ = _per_pair(cost, xb, y, zx, zy)
+        return jnp.einsum("km,kmd->kd", w, g1), jnp.einsum("km,kmd->md", w, g2)
+    dxb = jnp.zeros_like(xb) if dxb is None else dxb
+    dy = jnp.zeros_like(y) if dy is None else dy
+    g1, g2, _, t1, t2 = _per_pair(cost, xb, y, dxb, dy)
+    out_x = jnp.einsum("km,kmd->kd", w, g1) + jnp.einsum("km,kmd->kd", p, t1)
+    out_y = jnp.einsum("km,kmd->md", w, g2) + jnp.einsum("km,kmd->md", p, t2)
+    return out_x, out_y
+
+
+def block_width(cost: AbstractCost, d: int) -> int:
+    """Block x m arrays alive in a block."""
+    return 4 if isinstance(cost, SqEuclidean) else 4 * d + 4
+
+
+def gradients(coupling: Coupling) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
+    """Danskin gradients `(sum_j P_ij grad_1 c_ij, sum_i P_ij grad_2 c_ij)`."""
+    m, d = coupling.y.shape
+
+    def block_fn(blk, rows, cols):
+        return contract_block(blk.cost, blk.x, blk.y, blk.probs())
+
+    col_init = jnp.zeros((m, d), coupling.x.dtype)
+    return stream(coupling, block_fn, col_init=col_init, width=block_width(coupling.cost, d))
+
+
+def tangent_marginals(
+    coupling: Coupling,
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
+    *,
+    with_marginals: bool = False,
+):
+    """`(sum_j P_ij dC_ij, sum_i P_ij dC_ij)`, the point part of the HVP's
+    right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`.
+    `None` tangents are zero.
+
+    With `with_marginals`, also `(P 1, P^T 1)` from the same pass (the
+    H-matrix's diagonal, which the HVP needs next): returns `(r, s, P 1, P^T 1)`.
+    """
+    (n, _), (m, d) = coupling.x.shape, coupling.y.shape
+    dtype = coupling.x.dtype
+    if dx is None and dy is None:
+        zeros = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
+        return (*zeros, *marginals(coupling)) if with_marginals else zeros
+
+    def block_fn(blk, rows, cols):
+        (dxb,), (dyc,) = rows, cols
+        p = blk.probs()
+        pdc = p * _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
+        row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        if not with_marginals:
+            return row, col
+        return (row, jnp.sum(p, axis=1)), (col, jnp.sum(p, axis=0))
+
+    col_init = jnp.zeros((m,), dtype)
+    if with_marginals:
+        col_init = (col_init, col_init)
+    rows, cols = stream(
+        coupling, block_fn, (dx,), (dy,), col_init, width=block_width(coupling.cost, d)
+    )
+    if not with_marginals:
+        return rows, cols
+    (r, a_hat), (s, b_hat) = rows, cols
+    return r, s, a_hat, b_hat
+
+
+def schur_rhs(
+    coupling: Coupling,
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
+    extra_r: Float[Array, " n"] | None = None,
+    extra_s: Float[Array, " m"] | None = None,
+    marginal: Float[Array, " big"] | None = None,
+):
+    """The HVP's right-hand side and the product its Schur reduction needs, in one pass.
+
+    `r = sum_j P_ij dC_ij + extra_r`, `s = sum_i P_ij dC_ij + extra_s` (as
+    `tangent_marginals`; `None` terms are zero). With `Q` the coupling
+    oriented (larger side) x (smaller side) (`P`, or `P^T` when `m > n`, as
+    in `_solver/_schur.py`), `big` the part of `[r; s]` on `Q`'s rows and
+    `p` `Q`'s row marginal, also `pushed = (Q^T (big / p), Q^T (1 / p))`,
+    which the reduction of the H-system to the smaller side would otherwise
+    compute in a pass of its own (`_solver._schur.reduced_system`). `Q` is
+    streamed with its rows as row blocks, so a block's `big` and `p` are
+    complete within it and `Q_b^T [big_b / p_b, 1 / p_b]` accumulates over
+    the smaller side in the same scan step.
+
+    `marginal`: `p` when the caller has it (a solver state's H-matrix), else
+    it is computed in this pass, and so is the other marginal.
+
+    **Returns:** `(r, s, a_hat, b_hat, pushed)`; `a_hat = P 1` and
+    `b_hat = P^T 1` are `None` when `marginal` is given. On a sharded
+    coupling a block's row sums are complete only after the whole ring:
+    there `pushed` is `None` (the reduction takes its own pass).
+    """
+    (n, _), (m, d) = coupling.x.shape, coupling.y.shape
+    dtype = coupling.x.dtype
+    if coupling.sharding is not None:
+        if marginal is None:
+            r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, with_marginals=True)
+        else:
+            (r, s), a_hat, b_hat = tangent_marginals(coupling, dx, dy), None, None
+        r = r if extra_r is None else r + extra_r
+        s = s if extra_s is None else s + extra_s
+        return r, s, a_hat, b_hat, None
+    swapped = m > n
+    q = coupling.transpose() if swapped else coupling
+    rows = (dy, extra_s, marginal) if swapped else (dx, extra_r, marginal)
+    cols = (dx,) if swapped else (dy,)
+    extra_small = extra_r if swapped else extra_s
+
+    def block_fn(blk, rows, cols):
+        (t_row, e_row, p_row), (t_col,) = rows, cols
+        p = blk.probs()
+        k, c = p.shape
+        if t_row is None and t_col is None:
+            row, col = jnp.zeros((k,), dtype), jnp.zeros((c,), dtype)
+        else:
+            pdc = p * _dc_block(blk.cost, blk.x, blk.y, t_row, t_col)
+            row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        big = row if e_row is None else row + e_row
+        row_marginal = jnp.sum(p, axis=1) if p_row is None else p_row
+        # Padded rows have no mass: their share is zero, not 0 / 0.
+        inv = jnp.where(blk.valid, 1 / jnp.where(blk.valid, row_marginal, 1), 0.0)
+        pushed = (p.T @ (big * inv), p.T @ inv)
+        if p_row is not None:
+            return big, (col, pushed)
+        return (big, row_marginal), (col, pushed, jnp.sum(p, axis=0))
+
+    small = m if not swapped else n
+    zeros = jnp.zeros((small,), dtype)
+    col_init = (zeros, (zeros, zeros)) if marginal is not None else (zeros, (zeros, zeros), zeros)
+    width = block_width(coupling.cost, d) + 1
+    row_out, col_out = stream(q, block_fn, rows, cols, col_init, width=width)
+    if marginal is None:
+        (big, big_marginal), (small_rhs, pushed, small_marginal) = row_out, col_out
+    else:
+        (big, big_marginal), (small_rhs, pushed) = (row_out, None), col_out
+        small_marginal = None
+    if extra_small is not None:
+        small_rhs = small_rhs + extra_small
+    if swapped:
+        return small_rhs, big, small_marginal, big_marginal, pushed
+    return big, small_rhs, big_marginal, small_marginal, pushed
+
+
+def tangent_gradients(
+    coupling: Coupling,
+    dx: Float[Array, "n d"] | None,
+    dy: Float[Array, "m d"] | None,
+    df: Float[Array, " n"],
+    dg: Float[Array, " m"],
+) -> tuple[Float[Array, "n d"], Float[Array, "m d"]]:
+    """The point part of the HVP's output: with
+    `dP_ij = P_ij (df_i + dg_j - dC_ij) / eps`,
+    `(sum_j dP_ij grad_1 c_ij + P_ij (grad_11 c dx_i + grad_12 c dy_j),
+      sum_i dP_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j))`.
+    `None` tangents are zero."""
+    m, d = coupling.y.shape
+
+    def block_fn(blk, rows, cols):
+        (dxb, dfb), (dyc, dgc) = rows, cols
+        p = blk.probs()
+        shift = dfb[:, None] + dgc[None, :]
+        if dxb is not None or dyc is not None:
+            shift = shift - _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
+        dp = p * shift / blk.epsilon
+        return contract_block(blk.cost, blk.x, blk.y, dp, p, dxb, dyc)
+
+    col_init = jnp.zeros((m, d), coupling.x.dtype)
+    return stream(
+        coupling, block_fn, (dx, df), (dy, dg), col_init, width=block_width(coupling.cost, d)
+    )
