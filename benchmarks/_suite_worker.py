@@ -221,10 +221,10 @@ def hvp_ours(c):
     t0 = time.perf_counter()
     cp = jax.block_until_ready(solve())
     t_solve = time.perf_counter() - t0
-    hvp, comp2 = aot(lambda cp, v: om.hvp_x(cp, v, linear_solver=cg, return_stats=True), cp, v)
+    hvp, comp2 = aot(lambda cp, v: om.hvp_x_solution(cp, v, linear_solver=cg), cp, v)
 
     def post(out):
-        hv, stats = out
+        hv, stats = out.value, out.stats
         return {"error": _hvp_post(c)(hv)["error"], "cg_steps": int(stats["num_steps"]),
                 "solve_s": t_solve, "iterations": int(cp.num_iters)}
 

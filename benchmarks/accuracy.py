@@ -135,9 +135,9 @@ def run_problem(setting, scale, n, seed, cfg, ott_fns):
     for name, solver in solvers.items():
         solver, state, _ = common.prepare(solver, c)
         # throw=False: a failed solve (or a non-converged coupling) is a measured outcome.
-        outs = [ot_matfree.hvp_x(c, t, linear_solver=solver, solver_state=state, return_stats=True,
-                                 throw=False) for t in trans + [v]]
-        outs = common.block(outs)
+        sols = [ot_matfree.hvp_x_solution(c, t, linear_solver=solver, solver_state=state,
+                                          throw=False) for t in trans + [v]]
+        outs = [(sol.value, sol.stats) for sol in common.block(sols)]
         viol = common.marginal_violation_translations([o[0] for o in outs[:D]], a_hat)
         viol_a = common.marginal_violation_translations([o[0] for o in outs[:D]], a)
         steps = max(int(o[1]["num_steps"]) for o in outs)

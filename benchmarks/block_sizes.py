@@ -4,7 +4,7 @@ For n = m (default 10,000), d = 3, float64 and float32, and rows per block
 from 32 to 4,096, times one pass of
 
 - `row_logsumexp` (a Sinkhorn half-iteration),
-- `apply` with one column (`P @ v`, a CG half-step before issue 9),
+- `apply` with one column (`P @ v`, a CG half-step before issue 9's one-pass CG step),
 - `apply` with 8 columns (`P @ V`, batched HVPs and the block Lanczos),
 - `schur_apply` (`P^T ((P z) * w)` in one pass, a CG step),
 
@@ -14,14 +14,15 @@ next to two floors, scanned over the same row blocks:
   epsilon);
 - `exps + cost`: row sums of the coupling's own block
   `exp((f_i + g_j - C_ij) / eps)`, the cost block included
-  (`_streaming.logits`, as every pass forms it): what any pass must do.
+  (`ot_matfree._stream.engine.logits`, as every pass forms it): what any
+  pass must do.
 
 and, as the "before" of issue 9's apply kernel, `apply k=1 (C first)`: the
 same `P @ v` with the block formed as `C`, then `(f + g - C) / eps` (the
-form before `_streaming.logits`). Prints a table of nanoseconds per element
+form before `logits`). Prints a table of nanoseconds per element
 and the ratios to the fastest time of each floor, saves them as markdown
 and a figure (`results/block_sizes_<device>.{md,png}`). The per-reduction
-CPU budgets in `ot_matfree/_coupling.py` (`CPU_BLOCK_BYTES`) are read off
+CPU budgets in `ot_matfree/_core/coupling.py` (`CPU_BLOCK_BYTES`) are read off
 these curves: bytes per block = rows x m x width x itemsize at the optimum.
 
     python benchmarks/block_sizes.py                 # n = 10,000

@@ -103,8 +103,10 @@ def part2(smoke, num_directions, ranks):
     vs = [jax.random.normal(jax.random.PRNGKey(2 + i), x.shape, jnp.float64)
           for i in range(num_directions)]
     # throw=False: whether CG converges is recorded (`converged` column), not raised.
-    hvp = eqx.filter_jit(lambda c, s, st, v: om.hvp_x(c, v, linear_solver=s, solver_state=st,
-                                                      return_stats=True, throw=False))
+    @eqx.filter_jit
+    def hvp(c, s, st, v):
+        sol = om.hvp_x_solution(c, v, linear_solver=s, solver_state=st, throw=False)
+        return sol.value, sol.stats
     # Set-up once per coupling: H's marginals, plus block Lanczos for SpectralCG.
     init = eqx.filter_jit(lambda s, c: s.init(om.h_operator(c), {}))
     # Random right-hand sides of the H-system itself (not from an HVP).

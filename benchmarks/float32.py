@@ -72,10 +72,11 @@ def run_case(n, eps, *, seed, max_iters, solvers32, ott_sizes, repeats, log, che
                          solver=ot_matfree.Sinkhorn(tol=1e-10, max_iters=max_iters))
     )
     t_sk64 = time.perf_counter() - t0
-    ref, st64 = common.block(
-        ot_matfree.hvp_x(c64, v, linear_solver=ot_matfree.CG(rtol=1e-10, max_steps=5000),
-                         return_stats=True, throw=False)
+    sol64 = common.block(
+        ot_matfree.hvp_x_solution(c64, v, throw=False,
+                                  linear_solver=ot_matfree.CG(rtol=1e-10, max_steps=5000))
     )
+    ref, st64 = sol64.value, sol64.stats
     log(
         f"n={n} eps={eps}: f64 sinkhorn {int(c64.num_iters)} it, err {float(c64.marginal_error):.1e},"
         f" conv {bool(c64.converged)} ({t_sk64:.1f}s); CG {int(st64['num_steps'])} steps"
@@ -99,10 +100,11 @@ def run_case(n, eps, *, seed, max_iters, solvers32, ott_sizes, repeats, log, che
     for name, solver in solvers32.items():
         common.prepare(solver, c32)  # compile the set-up
         solver, state, setup = common.prepare(solver, c32)
-        (hv, stats), secs = common.timed(
-            ot_matfree.hvp_x, c32, v32, linear_solver=solver, solver_state=state, return_stats=True,
+        sol, secs = common.timed(
+            ot_matfree.hvp_x_solution, c32, v32, linear_solver=solver, solver_state=state,
             throw=False, repeats=repeats,
         )
+        hv, stats = sol.value, sol.stats
         hv = np.asarray(hv, np.float64)
         rows.append(
             dict(

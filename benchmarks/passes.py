@@ -84,7 +84,8 @@ def measure(n: int, dtype_name: str, k: int, repeats: int, epsilon: float) -> di
     vs = jax.random.normal(jax.random.PRNGKey(1), (k, n, 3), dtype)
 
     def single(v):
-        return om.hvp_x(coupling, v, linear_solver=solver, return_stats=True)
+        sol = om.hvp_x_solution(coupling, v, linear_solver=solver)
+        return sol.value, sol.stats
 
     (hv, stats), t_one = common.timed(single, vs[0], repeats=repeats)
     fixed, per_step = count_passes(jax.make_jaxpr(single)(vs[0]).jaxpr)

@@ -8,7 +8,9 @@ process:
 
 - ours (`ot_matfree.solve`): plain Sinkhorn; `momentum="adaptive"`;
   `anderson=5`; `epsilon_scaling=0.5` (GeomLoss's default factor);
-  `epsilon_scaling=0.5` with `momentum="adaptive"`;
+  `epsilon_scaling=0.5` with `momentum="adaptive"`; the default `Sinkhorn()`
+  (adaptive momentum); Newton steps (`newton=0.1`) entered from adaptive
+  momentum or from `anderson=5`;
 - ott-jax 0.6 `Sinkhorn` (lse mode, `PointCloud`, `inner_iterations=10`, no
   implicit differentiation needed for a forward solve): plain;
   `Momentum(start=20)` and `Momentum(start=100)` (Lehmann et al.'s adaptive
@@ -26,6 +28,10 @@ coupling.
 
     python benchmarks/sinkhorn_speed.py            # full grid (tens of minutes on 2 cores)
     python benchmarks/sinkhorn_speed.py --smoke    # n = 200, < 2 min
+
+`--solvers` picks solvers by name prefix (`SOLVERS`), `--interleave` runs
+the solvers one after the other per epsilon, `--merge` writes one table from
+the JSON files of runs made apart. Findings: `benchmarks/results/sinkhorn_speed_cpu.md`.
 """
 
 import argparse
@@ -103,7 +109,7 @@ SOLVERS = {
     "ours plain": ours(dict(momentum=None)),
     "ours momentum adaptive": ours(dict(momentum="adaptive")),
     "ours anderson 5": ours(dict(anderson=5)),
-    "ours scaling 0.5": ours(dict(epsilon_scaling=0.5)),
+    "ours scaling 0.5": ours(dict(momentum=None, epsilon_scaling=0.5)),
     "ours scaling 0.5 + adaptive": ours(dict(epsilon_scaling=0.5, momentum="adaptive")),
     "ours default": ours({}),
     "ours newton 0.1 (adaptive entry)": ours(dict(momentum="adaptive", newton=0.1)),

@@ -1,19 +1,22 @@
-"""Helpers shared by the second-order training examples (Li, Lu, Tao & Ye, Section 6).
+"""Runners shared by the second-order training examples.
 
-`shuffled_regression.py` and `registration.py` fit parameters `w` of a loss
-`loss(w, x, y)` with several optimisers side by side. Every run here:
+`2_gradient_flows.py`, `3_registration.py`, `4_shuffled_regression.py` and
+`6_generative_mlp.py` minimise a loss `loss(w, *data)` over parameters `w` (an
+array or a pytree) with several optimisers side by side. Every run here:
 
 - is compiled ahead of time (`jax.jit(...).lower(...).compile()`), then run
-  once; its wall time excludes compilation;
+  once (twice with `warm=True`: the second run is timed); its wall time
+  excludes compilation, which is reported separately (`compile_seconds`);
 - records a trace of `(iteration, loss, seconds)` through `jax.debug.callback`
   (host timestamps, so they include the callback overhead);
-- ends with its final point re-evaluated by `loss`, which raises if the
-  Sinkhorn solve there fails.
+- ends with its final point re-evaluated by `loss` (`final`), which raises if
+  the Sinkhorn solve there fails.
 
 The contract on failed solves: `loss` raises; `trial_loss` is used only where
 a line search evaluates trial points (Newton-CG with Armijo, BFGS), which may
 lie far out where Sinkhorn converges slowly or not at all: there it is
-`capped_cost`, `+inf` where a capped solve fails, which the search rejects.
+`capped_cost` (or an equivalent), `+inf` where a capped solve fails, which the
+search rejects.
 """
 
 import time
@@ -30,19 +33,23 @@ import ot_matfree as om
 
 
 class Recorder:
-    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`;
-    `echo(line)`, if given, also receives each record (progress of long runs)."""
+    """Host-side trace of `(loss, time since reset)`, fed through `jax.debug.callback`
+    (`recorder(loss)`, or `recorder(loss, extra)` to keep `extra` too, in
+    `extras`); `echo(line)`, if given, also receives each record (progress of
+    long runs)."""
 
     def __init__(self, echo=None):
         self.echo = echo
         self.reset()
 
     def reset(self):
-        self.losses, self.times, self.start = [], [], time.perf_counter()
+        self.losses, self.times, self.extras = [], [], []
+        self.start = time.perf_counter()
 
-    def __call__(self, value):
+    def __call__(self, value, extra=None):
         self.losses.append(float(value))
         self.times.append(time.perf_counter() - self.start)
+        self.extras.append(extra)
         if self.echo is not None:
             self.echo(f"  [{self.times[-1]:.1f} s] loss {self.losses[-1]:.6g}")
 
@@ -64,92 +71,121 @@ def capped_cost(points, y, epsilon, solver):
     )
 
 
-def _run_compiled(solve, recorder, *args):
-    """Compile `solve` for `args`, run it once; `(output, seconds)`, compilation excluded."""
+def _run_compiled(solve, recorder, *args, warm=False):
+    """Compile `solve` for `args` and run it once (with `warm`, twice: the second
+    run is timed); `(output, seconds, compile_seconds)`, compilation excluded."""
     start = time.perf_counter()
     compiled = jax.jit(solve).lower(*args).compile()
+    compile_seconds = time.perf_counter() - start
     if recorder.echo is not None:
-        recorder.echo(f"  compiled in {time.perf_counter() - start:.1f} s")
+        recorder.echo(f"  compiled in {compile_seconds:.1f} s")
+    if warm:
+        jax.block_until_ready(compiled(*args))
     recorder.reset()
     out = jax.block_until_ready(compiled(*args))
-    return out, time.perf_counter() - recorder.start
+    return out, time.perf_counter() - recorder.start, compile_seconds
 
 
-def _final(loss, w, x, y):
-    return float(jax.jit(loss)(w, x, y))
+def _final(loss, w, data):
+    return float(jax.jit(loss)(w, *data))
 
 
-def run_first_order(name, loss, x, y, w0, optimiser, steps, echo=None):
-    """`steps` iterations of an optax optimiser on `loss`, in one jitted `lax.scan`."""
+def run_first_order(name, loss, data, w0, optimiser, steps, *, echo=None, warm=False,
+                    path_every=None):
+    """`steps` iterations of an optax optimiser on `loss(w, *data)`, in one
+    jitted `lax.scan`. With `path_every`, the run also keeps every
+    `path_every`-th iterate and the final one (`path`, stacked along axis 0)."""
     value_and_grad = jax.value_and_grad(loss)
     recorder = Recorder(echo)
 
-    def solve(w0, x, y):
+    def solve(w0, data):
         def body(carry, _):
             w, state = carry
-            value, g = value_and_grad(w, x, y)
+            value, g = value_and_grad(w, *data)
             jax.debug.callback(recorder, value)  # loss at the iterate before this step
             updates, state = optimiser.update(g, state, w)
-            return (optax.apply_updates(w, updates), state), None
+            return (optax.apply_updates(w, updates), state), w if path_every else None
 
-        (w, _), _ = jax.lax.scan(body, (w0, optimiser.init(w0)), None, length=steps)
-        return w
+        (w, _), path = jax.lax.scan(body, (w0, optimiser.init(w0)), None, length=steps)
+        if path_every:
+            path = jax.tree.map(lambda p, last: jnp.concatenate([p[::path_every], last[None]]),
+                                path, w)
+        return w, path
 
-    w, seconds = _run_compiled(solve, recorder, w0, x, y)
+    (w, path), seconds, compile_seconds = _run_compiled(solve, recorder, w0, data, warm=warm)
+    final = _final(loss, w, data)
     return dict(name=name, w=w, iterations=steps, hvps=None, seconds=seconds,
-                iters=list(range(steps + 1)), losses=recorder.losses + [_final(loss, w, x, y)],
-                times=recorder.times + [seconds])
+                compile_seconds=compile_seconds, iters=list(range(steps + 1)),
+                losses=recorder.losses + [final], times=recorder.times + [seconds],
+                final=final, path=path)
 
 
-def run_newton(name, loss, trial_loss, x, y, w0, *, newton_search, rtol, max_steps, sgd=None,
-               echo=None):
-    """Newton-CG from `w0`, or `om.sgd_newton` (its SGD stage, then Newton) if
-    `sgd` is a dict of `sgd_newton`'s keyword arguments (`key`, `batch_size`,
-    `learning_rate`, `max_sgd_steps`, `lanczos_steps`).
+def run_newton(name, loss, trial_loss, data, w0, *, newton_search, rtol, max_steps,
+               cg_max_steps=None, sgd=None, echo=None, warm=False):
+    """Newton-CG from `w0` on `loss(w, *data)`, or `om.sgd_newton` (its SGD
+    stage, then Newton) if `sgd` is a dict of `sgd_newton`'s keyword arguments
+    (`key`, `batch_size`, `learning_rate`, `max_sgd_steps`, `lanczos_steps`).
 
     With a line search (`newton_search` other than `optx.LearningRate`) the
     objective is `trial_loss`, and the trace is the running minimum of the
     reported losses, i.e. the last accepted one (rejected trial points are
-    reported too and count as iterations). The HVPs include those of
-    `sgd_newton`'s Lanczos definiteness checks. `echo`: see `Recorder`.
+    reported too and count as iterations; `raw` keeps the reported values).
+    `iterations` counts SGD and Newton steps, `evaluations` the Newton stage's
+    loss evaluations (optimistix's `num_steps`). The HVPs include those of
+    `sgd_newton`'s Lanczos definiteness checks; `hvps_reported` is the HVP count
+    at each report. `echo`: see `Recorder`.
     """
     recorder = Recorder(echo)
-    newton = om.NewtonCG(rtol, rtol, search=newton_search,
-                         progress=lambda info: recorder(info["loss"]))
+
+    def progress(info):
+        recorder(info["loss"], int(info["num_hvps"]))
+        if echo is not None:
+            echo(f"    next step size {float(info['step_size']):.3g}, HVPs so far "
+                 f"{int(info['num_hvps'])}")
+
+    newton = om.NewtonCG(rtol, rtol, search=newton_search, cg_max_steps=cg_max_steps,
+                         progress=progress)
     relaxed = isinstance(newton_search, optx.LearningRate)
     fn = loss if relaxed else trial_loss
     if sgd is None:
-        def solve(w0, x, y):
-            return optx.minimise(lambda w, data: fn(w, *data), newton, w0, (x, y),
+        def solve(w0, data):
+            return optx.minimise(lambda w, data: fn(w, *data), newton, w0, data,
                                  max_steps=max_steps, throw=False)
     else:
-        def solve(w0, x, y):
-            return om.sgd_newton(fn, w0, x, y, newton=newton, max_newton_steps=max_steps,
+        def solve(w0, data):
+            return om.sgd_newton(fn, w0, *data, newton=newton, max_newton_steps=max_steps,
                                  throw=False, **sgd)
 
-    sol, seconds = _run_compiled(solve, recorder, w0, x, y)
+    sol, seconds, compile_seconds = _run_compiled(solve, recorder, w0, data, warm=warm)
+    final = _final(loss, sol.value, data)
     # `progress` reports at solver step j the loss of the point evaluated
     # there (iterate j - 1 of this stage): append the final iterate's.
-    losses = recorder.losses + [_final(loss, sol.value, x, y)]
+    raw = list(recorder.losses)
+    losses = raw + [final]
     times = recorder.times + [seconds]
     if not relaxed:
         losses = [float(v) for v in jnp.minimum.accumulate(jnp.asarray(losses))]
-    sgd_steps = int(sol.stats.get("num_sgd_steps", 0))
+    stats = {k: int(v) for k, v in sol.stats.items() if jnp.ndim(v) == 0}
+    sgd_steps = stats.get("num_sgd_steps", 0)
     iters = [sgd_steps + j for j in range(len(losses))]
-    hvps = int(sol.stats["num_hvps"])
+    hvps = stats["num_hvps"]
     if sgd is not None:
         # One check at the start and one after each SGD step (check_every = 1),
         # each `min(lanczos_steps, number of parameters)` HVPs.
-        hvps += (1 + sgd_steps) * min(sgd.get("lanczos_steps", 20), w0.size)
+        size = sum(leaf.size for leaf in jax.tree.leaves(w0))
+        hvps += (1 + sgd_steps) * min(sgd.get("lanczos_steps", 20), size)
         if sgd_steps:  # the SGD stage is not traced: start from the initial loss
-            iters, losses, times = [0, *iters], [_final(loss, w0, x, y), *losses], [0.0, *times]
-    return dict(name=name, w=sol.value, iterations=sgd_steps + int(sol.stats["num_newton_steps"]),
-                hvps=hvps, seconds=seconds, iters=iters, losses=losses, times=times,
+            iters, losses, times = [0, *iters], [_final(loss, w0, data), *losses], [0.0, *times]
+    return dict(name=name, w=sol.value, iterations=sgd_steps + stats["num_newton_steps"],
+                evaluations=stats["num_steps"], hvps=hvps, cg_steps=stats["num_cg_steps"],
+                seconds=seconds, compile_seconds=compile_seconds, iters=iters, losses=losses,
+                times=times, final=final, raw=raw, hvps_reported=list(recorder.extras),
                 result=sol.result, sgd_steps=sgd_steps,
-                newton_steps=int(sol.stats["num_newton_steps"]))
+                newton_steps=stats["num_newton_steps"], stats=stats)
 
 
-def run_bfgs(loss, trial_loss, x, y, w0, *, rtol, max_steps, echo=None):
+def run_bfgs(loss, trial_loss, data, w0, *, rtol, max_steps, echo=None):
+    """optimistix's BFGS on `trial_loss(w, *data)`; the same record as the other runners."""
     recorder = Recorder(echo)
 
     def verbose(**kwargs):
@@ -157,17 +193,19 @@ def run_bfgs(loss, trial_loss, x, y, w0, *, rtol, max_steps, echo=None):
 
     solver = optx.BFGS(rtol, rtol, verbose=verbose)
 
-    def solve(w0, x, y):
-        return optx.minimise(lambda w, data: trial_loss(w, *data), solver, w0, (x, y),
+    def solve(w0, data):
+        return optx.minimise(lambda w, data: trial_loss(w, *data), solver, w0, data,
                              max_steps=max_steps, throw=False)
 
-    sol, seconds = _run_compiled(solve, recorder, w0, x, y)
+    sol, seconds, compile_seconds = _run_compiled(solve, recorder, w0, data)
+    final = _final(loss, sol.value, data)
     # The trace is the loss at the last accepted point before each step (the
     # first entry is the initial loss once the first step has evaluated it).
-    losses = recorder.losses[1:] + [_final(loss, sol.value, x, y)]
+    losses = recorder.losses[1:] + [final]
     return dict(name="BFGS (optimistix)", w=sol.value, iterations=int(sol.stats["num_steps"]),
-                hvps=None, seconds=seconds, iters=list(range(len(losses))), losses=losses,
-                times=recorder.times[1:] + [seconds], result=sol.result)
+                hvps=None, seconds=seconds, compile_seconds=compile_seconds,
+                iters=list(range(len(losses))), losses=losses,
+                times=recorder.times[1:] + [seconds], final=final, result=sol.result)
 
 
 def first_reach(run, target):
@@ -178,13 +216,13 @@ def first_reach(run, target):
     return None, None
 
 
-def results_table(runs, loss, error, x, y, target, error_label):
-    """Markdown table; sets each run's `final` (loss re-evaluated) and `error`."""
+def results_table(runs, error, target, error_label):
+    """Markdown table of the runs' counts, times, final losses and `error(w)`
+    (which it stores as each run's `error`)."""
     header = (f"| {'method':<31} | iterations | HVPs | wall time (s) | final loss | "
               f"{error_label} | iterations / s to reach GD's final loss |")
     lines = [header, "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"]
     for run in runs:
-        run["final"] = _final(loss, run["w"], x, y)
         run["error"] = error(run["w"])
         k, t = first_reach(run, target)
         reach = "not reached" if k is None else f"{k} / {t:.2f}"

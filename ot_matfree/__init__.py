@@ -10,8 +10,11 @@ from ._forward.from_ott import from_ott as from_ott
 from ._derivatives.hessian_dense import hessian_x as hessian_x
 from ._derivatives.hvp import grad as grad
 from ._derivatives.hvp import grad_x as grad_x
+from ._derivatives.hvp import HVPSolution as HVPSolution
 from ._derivatives.hvp import hvp as hvp
+from ._derivatives.hvp import hvp_solution as hvp_solution
 from ._derivatives.hvp import hvp_x as hvp_x
+from ._derivatives.hvp import hvp_x_solution as hvp_x_solution
 from ._losses import ot_cost as ot_cost
 from ._losses import sinkhorn_distance as sinkhorn_distance
 from ._losses import sinkhorn_divergence as sinkhorn_divergence
@@ -33,6 +36,7 @@ from ._linear.cg import CG as CG
 from ._linear.dense import DenseSolver as DenseSolver
 from ._linear.spectral_cg import SpectralCG as SpectralCG
 from ._linear.truncated_svd import TruncatedSVD as TruncatedSVD
+from . import internal as internal
 
 try:
     __version__ = _metadata.version("ot-matfree")

@@ -30,7 +30,7 @@ from jaxtyping import Array, Float
 from ._core.checks import check_block_size, check_problem
 from ._forward.config import Config
 from ._core.costs import AbstractCost, SqEuclidean, as_cost
-from ._core.coupling import Coupling
+from ._core.coupling import BlockSize, Coupling
 from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._core.sharding import auto_partitioned, row_sharding
@@ -179,8 +179,12 @@ def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size
     """`loss(x, y, a, b, epsilon, config=)` on checked inputs, compiled.
 
     The clouds' placement is read here, outside `jit`: inside, a cloud on a
-    mesh with `Auto` axes is a tracer whose type does not show it.
+    mesh with `Auto` axes is a tracer whose type does not show it. So are the
+    static options normalised (`block_size` to a Python `int`, `throw` to a
+    `bool`): `filter_jit` would trace a NumPy scalar such as `np.int64(16)`.
     """
+    block_size = check_block_size(block_size)
+    throw = bool(throw)
     sharding = row_sharding(x=x, y=y)
     if isinstance(init, Coupling):
         init = (init.f, init.g)
@@ -202,7 +206,7 @@ def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     check_linear_solver(linear_solver)
     config = Config(
-        as_cost(cost), solver, linear_solver, check_block_size(block_size), sharding, bool(throw),
+        as_cost(cost), solver, linear_solver, block_size, sharding, throw,
         jax.lax.stop_gradient(init),
     )
     value, potentials = loss(x, y, a, b, epsilon, config=config)
@@ -219,7 +223,7 @@ def ot_cost(
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
-    block_size: int | None = None,
+    block_size: BlockSize = None,
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
@@ -264,7 +268,7 @@ def ot_cost(
       output is used: the value, the gradient (also `jit(grad(f))`, where the
       value is dropped) or an HVP. With `throw=False` nothing is checked: a
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
-      `result` and `hvp(..., return_stats=True)` yourself.
+      `result` and `hvp_solution(...).result` yourself.
     - `init`: warm start of the Sinkhorn solve: a previous `Coupling` of the
       same shapes or its potentials `(f, g)` (e.g. those returned with
       `return_potentials=True` at a nearby point). It changes the number of
@@ -293,7 +297,7 @@ def sinkhorn_divergence(
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
-    block_size: int | None = None,
+    block_size: BlockSize = None,
     throw: bool = True,
 ) -> Float[Array, ""]:
     """The Sinkhorn divergence `OT(x, y) - OT(x, x) / 2 - OT(y, y) / 2`.
@@ -325,7 +329,7 @@ def sinkhorn_divergence(
       output is used: the value, the gradient (also `jit(grad(f))`, where the
       value is dropped) or an HVP. With `throw=False` nothing is checked: a
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
-      `result` and `hvp(..., return_stats=True)` yourself.
+      `result` and `hvp_solution(...).result` yourself.
 
     **Returns:** the scalar divergence.
     """
@@ -344,7 +348,7 @@ def sinkhorn_distance(
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
-    block_size: int | None = None,
+    block_size: BlockSize = None,
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
@@ -383,7 +387,7 @@ def sinkhorn_distance(
       output is used: the value, the gradient (also `jit(grad(f))`, where the
       value is dropped) or an HVP. With `throw=False` nothing is checked: a
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
-      `result` and `hvp(..., return_stats=True)` yourself.
+      `result` and `hvp_solution(...).result` yourself.
     - `init`: warm start of the Sinkhorn solve: a previous `Coupling` of the
       same shapes or its potentials `(f, g)` (e.g. those returned with
       `return_potentials=True` at a nearby point). It changes the number of

@@ -61,12 +61,13 @@ def solve(x, y, epsilon, solver_):
 @functools.lru_cache
 def _hvp(rtol: float):
     cg = om.CG(rtol=rtol, max_steps=5000)
-    return jax.jit(lambda coupling, v: om.hvp_x(coupling, v, linear_solver=cg, return_stats=True))
+    return jax.jit(lambda coupling, v: om.hvp_x_solution(coupling, v, linear_solver=cg))
 
 
 def hvp(coupling, v, rtol: float):
     """`(H_xx v, stats)` given the coupling (one compilation per `rtol`)."""
-    return _hvp(float(rtol))(coupling, v)
+    sol = _hvp(float(rtol))(coupling, v)
+    return sol.value, sol.stats
 
 
 @functools.lru_cache

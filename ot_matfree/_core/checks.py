@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PyTree
 
+from .coupling import BlockSize
 from .results import RESULTS
 
 
@@ -119,8 +120,14 @@ def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
     return error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
 
 
-def check_block_size(block_size) -> int | str | None:
-    """`None`, `"auto"`, or a positive Python/NumPy integer, returned as a Python `int`."""
+def check_block_size(block_size) -> BlockSize:
+    """`None`, `"auto"`, or a positive Python/NumPy integer, returned as a Python `int`.
+
+    The one normalisation of every `block_size=` argument: each public entry
+    point (`solve`, the losses, `from_ott`, `Coupling`) calls it before
+    anything is traced, since `jit` (`eqx.filter_jit`) traces NumPy scalars
+    such as `np.int64(16)` as arrays, and a block size fixes array shapes.
+    """
     if block_size is None or (isinstance(block_size, str) and block_size == "auto"):
         return block_size
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):

@@ -1,10 +1,12 @@
 """The entropic coupling in factored form: points, weights, potentials, cost.
 
 `P_ij = exp((f_i + g_j - c(x_i, y_j)) / epsilon)` is never stored: the
-streaming reductions (`_streaming.py`) evaluate it block by block from this
+streaming reductions (`ot_matfree/_stream/`) evaluate it block by block from this
 object. The same type is the output of the forward solvers, which fill in
 their diagnostics.
 """
+
+from typing import Literal, TypeAlias
 
 import equinox as eqx
 import jax
@@ -13,6 +15,11 @@ from jaxtyping import Array, Bool, Float, Int
 from .costs import AbstractCost
 from .results import RESULTS
 from .sharding import RowSharding
+
+#: What every `block_size=` argument accepts: rows per streaming block, `"auto"`
+#: (measured once per reduction and shape, `ot_matfree._stream.engine.autotune`)
+#: or `None` (from a memory budget per reduction, `Coupling.block`).
+BlockSize: TypeAlias = int | Literal["auto"] | None
 
 #: Working memory a single block may use, in bytes, when no block size is given,
 #: on backends other than the CPU (GPU, TPU): large blocks keep the device
@@ -39,7 +46,7 @@ CPU_BLOCK_BYTES = {
 }
 
 #: Bytes per block chosen by `block_size="auto"`, filled by
-#: `ot_matfree._streaming.autotune` and keyed by `tune_key`.
+#: `ot_matfree._stream.engine.autotune` and keyed by `tune_key`.
 TUNED_BYTES: dict[tuple, int] = {}
 
 
@@ -50,7 +57,7 @@ def tune_key(kind: str, n: int, m: int, d: int, dtype, cost, backend: str) -> tu
 
 
 def block_rows(
-    n: int, m: int, width: int, itemsize: int, block_size: int | str | None,
+    n: int, m: int, width: int, itemsize: int, block_size: BlockSize,
     kind: str = "pairs", tuned_bytes: int | None = None,
 ) -> int:
     """Rows per block: `block_size` if it is an integer, else as many as fit
@@ -96,7 +103,7 @@ class Coupling(eqx.Module):
       not counted (`from_ott`, the symmetric self-term solve).
     - `block_size`: rows per streaming block (`None`: chosen per reduction
       from a memory budget; `"auto"`: measured once per reduction and shape,
-      see `ot_matfree._streaming.autotune`).
+      see `ot_matfree._stream.engine.autotune`).
     - `sharding`: how the rows of `x` and `y` are split over devices (a
       `RowSharding`, read by `solve` and `from_ott` from the inputs'
       placement; `None`: one device). Every streaming pass follows it.
@@ -119,8 +126,15 @@ class Coupling(eqx.Module):
     reg_ot_cost: Float[Array, ""] | None = None
     result: RESULTS | None = None
     num_passes: Int[Array, ""] | None = None
-    block_size: int | str | None = eqx.field(static=True, default=None)
+    block_size: BlockSize = eqx.field(static=True, default=None)
     sharding: RowSharding | None = eqx.field(static=True, default=None)
+
+    def __post_init__(self):
+        # A NumPy integer (`np.int64(16)`) becomes a Python `int`: a static
+        # field must not be an array, and `block_rows` reads Python ints.
+        from .checks import check_block_size  # checks imports this module
+
+        self.block_size = check_block_size(self.block_size)
 
     @property
     def converged(self) -> Bool[Array, ""]:

@@ -4,7 +4,7 @@
 example `jax.device_put(x, NamedSharding(mesh, P("points")))`) and returns a
 `RowSharding`, or `None` for arrays on one device, which then take the
 single-device path unchanged. The result is a static field of `Coupling` and
-`Config`, so every streaming reduction knows it (`_streaming.py`).
+`Config`, so every streaming reduction knows it (`ot_matfree/_stream/engine.py`).
 
 The placement is read from the array's type: `x.sharding` for an array,
 `jax.typeof(x).sharding` for a tracer. A tracer only carries it on a mesh
@@ -82,7 +82,7 @@ def auto_partitioned(fn: Callable) -> Callable:
     `Auto`, and its outputs are placed like its inputs.
 
     The library leaves the partitioning of its vector algebra to XLA and only
-    the streaming passes are manual (`shard_map`, `_streaming.py`). On a mesh
+    the streaming passes are manual (`shard_map`, `_stream/engine.py`). On a mesh
     with `Explicit` axes JAX types every array by its sharding and rejects
     operations whose output sharding is ambiguous (a dot product of two
     sharded vectors, a QR of a sharded basis, ...), so `fn` runs as under

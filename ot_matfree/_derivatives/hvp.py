@@ -9,6 +9,9 @@ by `linear_solver`, and a streaming pass for the output. With CG that is
 `K + 3` passes for `K` CG steps (`tests/unit/test_stream_passes.py`).
 """
 
+import warnings
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ from .._core.results import RESULTS
 from .._core.sharding import auto_partitioned
 from .._linear.base import AbstractHSolver
 from .._linear.cg import CG
+from .._linear.schur import share_pass
 
 
 def finite_status(tree) -> RESULTS:
@@ -76,20 +80,35 @@ def check_linear_solver(linear_solver) -> None:
 
 
 def _checked_state(coupling: Coupling, linear_solver, state, operator=None):
-    """`state` if it was made from `coupling`'s H-matrix, else a fresh one
-    (from `operator` when the caller already has it)."""
+    """`state` if it was made by `linear_solver`'s kind of solver from
+    `coupling`'s H-matrix, else a fresh one (from `operator` when the caller
+    already has it).
+
+    The H-matrix depends on the potentials, the points, `epsilon` and the
+    cost; a state made from a coupling that differs in any of them raises
+    (a `TypeError` for another solver's state, a `ValueError` for another
+    shape or cost, an error at run time for other values).
+    """
     if state is None:
         operator = h_operator(coupling) if operator is None else operator
         return linear_solver.init(operator, {})
-    operator = getattr(state, "operator", None)
-    held = getattr(operator, "coupling", None)
+    held = getattr(getattr(state, "operator", None), "coupling", None)
     if not isinstance(held, Coupling) or held.shape != coupling.shape:
         raise ValueError(
             "`solver_state` must be `linear_solver.init(h_operator(coupling), {})` for this "
             "coupling."
         )
+    state = linear_solver.check_state(state)
+    same_cost = eqx.tree_equal(held.cost, coupling.cost)
+    if same_cost is False:
+        raise ValueError(
+            "`solver_state` was computed for a different coupling (a different cost: "
+            f"{held.cost!r} against {coupling.cost!r}); make it with "
+            "`linear_solver.init(h_operator(coupling), {})` for the coupling you differentiate."
+        )
     same = jnp.array_equal(held.f, coupling.f) & jnp.array_equal(held.g, coupling.g)
     same = same & jnp.array_equal(held.x, coupling.x) & jnp.array_equal(held.y, coupling.y)
+    same = same & jnp.array_equal(held.epsilon, coupling.epsilon) & jnp.asarray(same_cost)
     return error_if(
         state, ~same,
         "`solver_state` was computed for a different coupling; make it with "
@@ -111,7 +130,7 @@ def solve_h(
     to the smaller side, from the caller's pass (`schur_rhs`).
     """
     state = _checked_state(coupling, linear_solver, state, operator)
-    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s, pushed)
+    df, dg, solve_result, stats = linear_solver.solve_split(state, r, s, share_pass(pushed))
     upstream = upstream_status(coupling)
     failed = RESULTS.where(
         solve_result == lx.RESULTS.successful, RESULTS.successful, RESULTS.linear_solve_failed
@@ -148,7 +167,7 @@ def _batch_size(tangents: dict, shapes: dict) -> int | None:
 
 
 def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
-    """`hvp` for one tangent (checked, `None` for zero): `(out, stats)`."""
+    """`hvp` for one tangent (checked, `None` for zero): `(out, result, stats)`."""
     eps = coupling.epsilon
     # One pass: the right-hand side, the product reducing it to the smaller
     # side, and (without a solver state) H's marginals. The cost's first
@@ -173,60 +192,59 @@ def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
     out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
     # A non-finite cost derivative is the root cause of any failure it leads to.
     finite = finite_status((r, s, out_x, out_y))
-    stats["result"] = RESULTS.where(finite == RESULTS.successful, stats["result"], finite)
+    result = stats.pop("result")
+    result = RESULTS.where(finite == RESULTS.successful, result, finite)
     out_a = df if da is None else df - eps * da / coupling.a
     out_b = dg if db is None else dg - eps * db / coupling.b
-    return (out_x, out_y, out_a, out_b), stats
+    return (out_x, out_y, out_a, out_b), result, stats
+
+
+class HVPSolution(eqx.Module):
+    """A Hessian-vector product with its status and the H-solve's statistics,
+    as `lineax.Solution` is a linear solve's (`hvp_solution`, `hvp_x_solution`).
+
+    **Fields:**
+
+    - `value`: the product: `(d grad_x, d grad_y, d grad_a, d grad_b)` from
+      `hvp_solution`, the array `d grad_x` from `hvp_x_solution`; with the
+      tangents' batch axis, if any.
+    - `result`: an `ot_matfree.RESULTS`: `successful`,
+      `coupling_not_converged` (the coupling's own Sinkhorn solve failed),
+      `linear_solve_failed` (the H-solve did not reach its tolerance) or
+      `nonfinite_derivative` (the cost's derivatives are not finite where
+      the coupling has mass). Shape `(k,)` for `k` tangents at once.
+    - `stats`: the H-solver's statistics, a dict of arrays: at least
+      `num_steps`, `residual` (relative, of the H-solve) and `converged`
+      (the H-solve alone; `result` also covers the coupling and the cost),
+      plus the solver's own (`num_deflated`, ...). For `k` tangents at
+      once, every entry has a leading axis of size `k`.
+    """
+
+    value: Any
+    result: RESULTS
+    stats: dict[str, Array]
 
 
 @eqx.filter_jit
 @auto_partitioned
-def hvp(
-    coupling: Coupling,
-    dx: Float[Array, "*k n d"] | None = None,
-    dy: Float[Array, "*k m d"] | None = None,
-    da: Float[Array, "*k n"] | None = None,
-    db: Float[Array, "*k m"] | None = None,
-    *,
-    linear_solver: AbstractHSolver = CG(),
-    solver_state=None,
-    return_stats: bool = False,
-    throw: bool = True,
-):
-    """Joint Hessian-vector product of `reg_ot_cost` in `(x, y, a, b)`.
+def hvp_solution(
+    coupling: Coupling, dx: Float[Array, "*k n d"] | None = None,
+    dy: Float[Array, "*k m d"] | None = None, da: Float[Array, "*k n"] | None = None,
+    db: Float[Array, "*k m"] | None = None, *, linear_solver: AbstractHSolver = CG(),
+    solver_state=None, throw: bool = True,
+) -> HVPSolution:
+    """`hvp`, returned as an `HVPSolution`: the product with its status and stats.
 
-    Returns the JVP of `grad` in the tangent `(dx, dy, da, db)` (a `None`
-    tangent is zero): `(d grad_x, d grad_y, d grad_a, d grad_b)`. Memory is
-    O((n + m) d + block * m). When `sum(da) != sum(db)` the H-system is
-    inconsistent and its least-squares solution is used (docs/math.md, step 3);
-    only the part of the weight outputs orthogonal to 1 is then meaningful.
+    Arguments as for `hvp`. `HVPSolution.value` is `hvp`'s return value,
+    `result` its status (with `throw=False`, check it), `stats` the
+    H-solver's statistics (`num_steps`, `residual`, `converged`, ...).
 
-    **Arguments:**
-
-    - `coupling`: a solved `Coupling`.
-    - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,);
-      or `k` tangents at once, each given tangent with a leading batch axis
-      (shapes (k, n, d), ...). A batch shares every block of `P` (each exp is
-      computed once for all `k`), and the `k` H-solves run together (one CG
-      per column, stopping when the last has converged).
-    - `linear_solver`: how H is solved (`CG()`, `SpectralCG()`,
-      `TruncatedSVD()`, `DenseSolver()`).
-    - `solver_state`: `linear_solver.init(h_operator(coupling), {})`,
-      computed once and reused for many HVPs with the same coupling (the
-      spectral solvers' block Lanczos, `DenseSolver`'s eigendecomposition).
-      `None`: set up inside this call.
-    - `return_stats`: also return the solver's stats dict (`num_steps`,
-      `residual`, `converged`, `result`, ...). `converged` describes the
-      H-solve alone; `result` also covers the coupling's own status. For a
-      batch, every entry has a leading axis of size `k` (per-column steps,
-      residuals and statuses).
-    - `throw`: raise (also under `jit`) when the H-solve does not converge,
-      the coupling's own Sinkhorn solve did not, or a derivative of the cost
-      is not finite where the coupling has mass. With `throw=False` the
-      status is `stats["result"]` (an `ot_matfree.RESULTS`).
-
-    **Returns:** the four output tangents (with the batch axis of the
-    tangents, if any), and the stats dict if `return_stats`.
+    ```python
+    sol = om.hvp_solution(coupling, dx, throw=False)
+    hx, hy, ha, hb = sol.value
+    ok = sol.result == om.RESULTS.successful
+    steps = sol.stats["num_steps"]
+    ```
     """
     check_linear_solver(linear_solver)
     (n, d), m = coupling.x.shape, coupling.y.shape[0]
@@ -247,8 +265,93 @@ def hvp(
     # A batch is `vmap` of the single HVP: everything that does not depend on
     # the tangents (the blocks of P, H's marginals, a solver's set-up) is
     # computed once, and each block's products take all k columns at once.
-    out, stats = one(dx, dy, da, db) if k is None else jax.vmap(one)(dx, dy, da, db)
-    return (out, stats) if return_stats else out
+    out, result, stats = one(dx, dy, da, db) if k is None else jax.vmap(one)(dx, dy, da, db)
+    return HVPSolution(out, result, stats)
+
+
+def hvp_x_solution(
+    coupling: Coupling, v: Float[Array, "*k n d"], *,
+    linear_solver: AbstractHSolver = CG(), solver_state=None, throw: bool = True,
+) -> HVPSolution:
+    """`hvp_x`, returned as an `HVPSolution` whose `value` is `H_xx v`.
+
+    Arguments as for `hvp_x`; fields as for `hvp_solution`.
+
+    ```python
+    sol = om.hvp_x_solution(coupling, v)
+    hv, steps = sol.value, sol.stats["num_steps"]
+    ```
+    """
+    sol = hvp_solution(
+        coupling, dx=v, linear_solver=linear_solver, solver_state=solver_state, throw=throw
+    )
+    return HVPSolution(sol.value[0], sol.result, sol.stats)
+
+
+def _deprecated_stats(name: str, sol: HVPSolution) -> dict[str, Array]:
+    """0.2's `return_stats=True` dict (the status under `"result"`), with a warning."""
+    warnings.warn(
+        f"`{name}(..., return_stats=True)` is deprecated: use `{name}_solution(...)`, "
+        "which returns an `HVPSolution` with `value`, `result` and `stats` "
+        f"(`stats[\"result\"]` is now `{name}_solution(...).result`).",
+        DeprecationWarning, stacklevel=3,
+    )
+    return {**sol.stats, "result": sol.result}
+
+
+def hvp(
+    coupling: Coupling,
+    dx: Float[Array, "*k n d"] | None = None,
+    dy: Float[Array, "*k m d"] | None = None,
+    da: Float[Array, "*k n"] | None = None,
+    db: Float[Array, "*k m"] | None = None,
+    *,
+    linear_solver: AbstractHSolver = CG(),
+    solver_state=None,
+    return_stats: bool = False,
+    throw: bool = True,
+):
+    """Joint Hessian-vector product of `reg_ot_cost` in `(x, y, a, b)`.
+
+    Returns the JVP of `grad` in the tangent `(dx, dy, da, db)` (a `None`
+    tangent is zero): `(d grad_x, d grad_y, d grad_a, d grad_b)`. Memory is
+    O((n + m) d + block * m). When `sum(da) != sum(db)` the H-system is
+    inconsistent and its least-squares solution is used (docs/math.md, step 3);
+    only the part of the weight outputs orthogonal to 1 is then meaningful.
+    For the status and the H-solve's statistics as well, call
+    `hvp_solution` (same arguments).
+
+    **Arguments:**
+
+    - `coupling`: a solved `Coupling`.
+    - `dx`, `dy`, `da`, `db`: tangents, shapes (n, d), (m, d), (n,), (m,);
+      or `k` tangents at once, each given tangent with a leading batch axis
+      (shapes (k, n, d), ...). A batch shares every block of `P` (each exp is
+      computed once for all `k`), and the `k` H-solves run together (one CG
+      per column, stopping when the last has converged).
+    - `linear_solver`: how H is solved (`CG()`, `SpectralCG()`,
+      `TruncatedSVD()`, `DenseSolver()`).
+    - `solver_state`: `linear_solver.init(h_operator(coupling), {})`,
+      computed once and reused for many HVPs with the same coupling (the
+      spectral solvers' block Lanczos, `DenseSolver`'s eigendecomposition).
+      `None`: set up inside this call.
+    - `return_stats`: deprecated (use `hvp_solution`): also return the
+      solver's stats dict, with the status under `"result"`.
+    - `throw`: raise (also under `jit`) when the H-solve does not converge,
+      the coupling's own Sinkhorn solve did not, or a derivative of the cost
+      is not finite where the coupling has mass. With `throw=False` the
+      status is `hvp_solution(...).result` (an `ot_matfree.RESULTS`).
+
+    **Returns:** the four output tangents (with the batch axis of the
+    tangents, if any).
+    """
+    sol = hvp_solution(
+        coupling, dx, dy, da, db, linear_solver=linear_solver, solver_state=solver_state,
+        throw=throw,
+    )
+    if return_stats:
+        return sol.value, _deprecated_stats("hvp", sol)
+    return sol.value
 
 
 def hvp_x(
@@ -264,16 +367,13 @@ def hvp_x(
 
     `H_xx v`, shape (n, d), matrix-free; for `v` of shape (k, n, d), the `k`
     products, shape (k, n, d), sharing every exp (see `hvp`). Arguments as
-    for `hvp`. With
-    `return_stats=True` returns `(hv, stats)`; `stats["num_steps"]` counts
-    solver iterations, `stats["residual"]` is the final relative residual
-    and `stats["result"]` the status.
+    for `hvp` (`return_stats` is deprecated). For the status and the
+    H-solve's statistics (`num_steps`, `residual`, `converged`) as well,
+    call `hvp_x_solution`.
     """
-    out = hvp(
-        coupling, dx=v, linear_solver=linear_solver, solver_state=solver_state,
-        return_stats=return_stats, throw=throw,
+    sol = hvp_x_solution(
+        coupling, v, linear_solver=linear_solver, solver_state=solver_state, throw=throw
     )
     if return_stats:
-        (hv, *_), stats = out
-        return hv, stats
-    return out[0]
+        return sol.value, _deprecated_stats("hvp_x", sol)
+    return sol.value

@@ -1,6 +1,6 @@
 """Forward-mode (JVP) rules for the Sinkhorn potentials and for H-solves.
 
-Derivative-rule layer, like `_hvp.py`. These make JAX's own forward mode
+Derivative-rule layer, like `hvp.py`. These make JAX's own forward mode
 correct through code that uses the potentials: the potentials' tangent is the
 implicit-function solution (one H-solve, docs/math.md "Joint Hessian-vector
 product", steps 1-3) instead of a differentiation of the Sinkhorn loop, and
@@ -106,7 +106,7 @@ def _h_solve_jvp(primals, tangents, *, config: Config):
     # d(H^+ rhs) = H^+ (d rhs - dH u): H's null vector is constant, and both
     # d rhs (when sum(r) = sum(s) identically) and dH u are orthogonal to it.
     # Only arguments with a tangent are differentiated: zero tangents are
-    # never materialised (see `_pair_reductions.py` on the float32 CPU bug).
+    # never materialised (see `_stream/pair.py` on the float32 CPU bug).
     primal_args, tangent_args = (x, y, f, g), (tx, ty, tf, tg)
     live = [i for i, t in enumerate(tangent_args) if t is not None]
 

@@ -1,7 +1,7 @@
 """Vector algebra of the accelerated Sinkhorn variants (forward-solve layer).
 
 Pure functions of potentials and marginal errors, no streaming passes: the
-loop in `_sinkhorn.py` calls them between its two half-iterations.
+step objects of `steps.py` call them between their two half-iterations.
 
 - Over-relaxation ("momentum"): `g <- g + w (T_g(f) - g)`, then
   `f <- f + w (T_f(g) - f)`, `w` in (0, 2) (Thibault et al. 2021). Sinkhorn

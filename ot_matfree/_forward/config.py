@@ -10,7 +10,7 @@ import equinox as eqx
 from jaxtyping import Array
 
 from .._core.costs import AbstractCost
-from .._core.coupling import Coupling
+from .._core.coupling import BlockSize, Coupling
 from .._core.sharding import RowSharding
 from .sinkhorn import Sinkhorn, solve_placed
 from .symmetric import solve_symmetric
@@ -30,7 +30,7 @@ class Config(eqx.Module):
     cost: AbstractCost
     solver: Sinkhorn
     linear_solver: AbstractHSolver
-    block_size: int | None = eqx.field(static=True)
+    block_size: BlockSize = eqx.field(static=True)
     sharding: RowSharding | None = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
     init: tuple[Array, Array] | None = None

@@ -4,19 +4,22 @@ import jax.numpy as jnp
 
 from .._core.checks import check_block_size
 from .._core.costs import as_cost
-from .._core.coupling import Coupling
+from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
 from .._core.sharding import row_sharding
+from .dual import marginal_error
 from .sinkhorn import finish
 from .._stream.engine import marginals
 
 
-def from_ott(output, *, block_size: int | None = None, throw: bool = True) -> Coupling:
+def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Coupling:
     """Build a `Coupling` from an ott-jax `SinkhornOutput` on a `PointCloud`.
 
     The potentials, points, weights, epsilon and cost function are taken over;
     the marginal error is recomputed with one streaming pass. Points sharded
-    over a mesh axis give a sharded coupling, as for `solve`.
+    over a mesh axis give a sharded coupling, as for `solve`. ott-jax is not a
+    dependency of ot_matfree: `from_ott` only reads the output's attributes
+    and never imports it (`pip install ott-jax`, or `"ot-matfree[examples]"`).
 
     **Arguments:**
 
@@ -59,7 +62,7 @@ def from_ott(output, *, block_size: int | None = None, throw: bool = True) -> Co
     coupling = Coupling(
         x, y, a, b, f, g, epsilon, coupling.cost,
         num_iters=jnp.asarray(output.n_iters),
-        marginal_error=jnp.sum(jnp.abs(a_hat - a)) + jnp.sum(jnp.abs(b_hat - b)),
+        marginal_error=marginal_error(a_hat, b_hat, a, b),
         reg_ot_cost=jnp.asarray(output.reg_ot_cost),
         result=RESULTS.where(converged, RESULTS.successful, RESULTS.sinkhorn_max_iters_reached),
         block_size=block_size, sharding=sharding,

@@ -39,15 +39,19 @@ reduced right-hand side, the CG products, the final product (shared with the
 recovery of `df`, `dg`) and the trial's marginals.
 """
 
+from collections.abc import Callable
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
 
-from .._core.coupling import Coupling
-from .._linear.operators import HOperator
 from .._linear.base import project_range
-from .._linear.schur import NormalisedSchur
 from .._linear.cg import conjugate_gradient
-from .._stream.engine import marginals, row_logsumexp
+from .._linear.operators import HOperator
+from .._linear.schur import NormalisedSchur
+from .._stream.engine import marginals
+from .dual import DualProblem
 
 #: CG steps per Newton step at most.
 CG_MAX_STEPS = 1000
@@ -70,116 +74,169 @@ def forcing_term(err, tol):
     return jnp.minimum(jnp.maximum(eta, 0.5 * tol / err), 0.5)
 
 
-def newton_phase(make_coupling, a, b, epsilon, f, g, it, passes, max_iters, tol, progress):
-    """Newton steps from `(f, g)` until the marginal error is `<= tol` or the
-    iteration count reaches `max_iters`.
+class DualPoint(eqx.Module):
+    """Potentials `(f, g)` with their coupling's marginals `row = P 1`,
+    `col = P^T 1` and L1 marginal error `err`."""
 
-    Iterations are counted in units of a Sinkhorn iteration (two streaming
-    passes): a Newton step adds half its passes, rounded up, so `max_iters`
-    bounds the work whatever the variant. `it`, `passes`: iterations and
-    passes before this phase. `make_coupling(f, g)` is the `Coupling` at the
-    target epsilon; `progress(it_before, it_after, err)` reports.
+    f: Float[Array, " n"]
+    g: Float[Array, " m"]
+    row: Float[Array, " n"]
+    col: Float[Array, " m"]
+    err: Float[Array, ""]
 
-    **Returns:** `(f, g, row marginal, err, iterations, passes)` of the last
-    potentials.
+
+class NewtonState(eqx.Module):
+    """The carry of the Newton phase: the current point, the streaming passes
+    so far, and whether the next step is a Newton step (`False` after a
+    failed line search: Sinkhorn iterations from then on)."""
+
+    point: DualPoint
+    passes: Int[Array, ""]
+    use_newton: Bool[Array, ""]
+
+
+class NewtonPhase(eqx.Module):
+    """Newton steps on the dual of `problem` at its target epsilon.
+
+    `it0`, `passes0`: iterations and passes before the phase; `max_iters`
+    bounds `iterations(passes)`; `progress(it_before, it_after, err)` reports.
     """
-    log_a, log_b = jnp.log(a), jnp.log(b)
-    it0, passes0 = it, passes
 
-    def error(row, col):
-        return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
+    problem: DualProblem
+    tol: float
+    max_iters: int
+    it0: Int[Array, ""]
+    passes0: Int[Array, ""]
+    progress: Callable = eqx.field(static=True)
 
-    def dual(f, g, row):
-        return jnp.dot(a, f) + jnp.dot(b, g) - epsilon * jnp.sum(row)
+    def iterations(self, passes):
+        """Iterations in units of a Sinkhorn iteration: half the phase's
+        passes, rounded up, after those before it."""
+        return self.it0 + (passes - self.passes0 + 1) // 2
 
-    def iterations(passes):
-        return it0 + (passes - passes0 + 1) // 2  # rounded up
+    def point(self, f, g) -> DualPoint:
+        """`(f, g)` with its marginals (one pass)."""
+        row, col = marginals(self.problem.coupling(f, g))
+        return DualPoint(f, g, row, col, self.problem.marginal_error(row, col))
 
-    def direction(f, g, row, col, err, max_steps):
-        r, s = project_range(epsilon * (a - row), epsilon * (b - col))
-        schur = NormalisedSchur.from_h(HOperator(make_coupling(f, g), row, col))
+    def dual(self, f, g, row):
+        """`D(f, g) = <a, f> + <b, g> - eps sum P` (`row = P 1`)."""
+        p = self.problem
+        return jnp.dot(p.a, f) + jnp.dot(p.b, g) - p.epsilon * jnp.sum(row)
+
+    def direction(self, x: DualPoint, max_steps):
+        """The inexact Newton step `(df, dg)` by CG on the normalised Schur
+        complement, and the passes it took (CG steps + 2)."""
+        p = self.problem
+        r, s = project_range(p.epsilon * (p.a - x.row), p.epsilon * (p.b - x.col))
+        schur = NormalisedSchur.from_h(HOperator(p.coupling(x.f, x.g), x.row, x.col))
         z, stats, image = conjugate_gradient(
-            schur.mv, schur.reduce(r, s), rtol=forcing_term(err, tol),
+            schur.mv, schur.reduce(r, s), rtol=forcing_term(x.err, self.tol),
             atol=schur.rounding_level(r, s), max_steps=max_steps,
             final_product=schur.mv_and_image,
         )
         df, dg = schur.recover(z, r, s, image)
         return df, dg, stats["num_steps"] + 2
 
-    def line_search(f, g, row, col, err, df, dg):
-        value = dual(f, g, row)
-        slope = jnp.dot(a - row, df) + jnp.dot(b - col, dg)
+    def trial(self, x: DualPoint, df, dg, t, value, slope, noise):
+        """The point `x + t (df, dg)`, re-centred, and whether it is accepted."""
+        ft, gt = x.f + t * df, x.g + t * dg
+        # Re-centre the free constant (f + c, g - c): potentials stay of the
+        # size of the costs, and rounding of f_i + g_j with them.
+        shift = jnp.mean(ft)
+        y = self.point(ft - shift, gt + shift)
+        gain = self.dual(y.f, y.g, y.row) - value
+        armijo = gain >= ARMIJO * t * slope
+        at_rounding = (jnp.abs(gain) <= noise) & (y.err < x.err)
+        ok = jnp.isfinite(y.err) & jnp.isfinite(gain) & (armijo | at_rounding)
+        return ok, y
+
+    def line_search(self, x: DualPoint, df, dg):
+        """Backtracking from `t_max <= 1` (moves of at most `MAX_MOVE` eps),
+        halving at most `MAX_BACKTRACKS` times. **Returns:** `(accepted, last
+        trial point, number of trials)`."""
+        a, b, epsilon = self.problem.a, self.problem.b, self.problem.epsilon
+        value = self.dual(x.f, x.g, x.row)
+        slope = jnp.dot(a - x.row, df) + jnp.dot(b - x.col, dg)
         # Rounding level of the dual: below it, gains and losses are noise.
-        noise = 8 * jnp.finfo(f.dtype).eps * (
-            jnp.dot(a, jnp.abs(f)) + jnp.dot(b, jnp.abs(g)) + epsilon * jnp.sum(row)
+        noise = 8 * jnp.finfo(x.f.dtype).eps * (
+            jnp.dot(a, jnp.abs(x.f)) + jnp.dot(b, jnp.abs(x.g)) + epsilon * jnp.sum(x.row)
         )
         # The quadratic model of exp is meaningless for moves of many epsilons.
         size = jnp.maximum(jnp.max(jnp.abs(df)), jnp.max(jnp.abs(dg)))
-        t_max = jnp.minimum(1.0, MAX_MOVE * epsilon / jnp.maximum(size, jnp.finfo(f.dtype).tiny))
+        tiny = jnp.finfo(x.f.dtype).tiny
+        t_max = jnp.minimum(1.0, MAX_MOVE * epsilon / jnp.maximum(size, tiny))
 
-        def trial(t):
-            ft, gt = f + t * df, g + t * dg
-            # Re-centre the free constant (f + c, g - c): potentials stay of the
-            # size of the costs, and rounding of f_i + g_j with them.
-            shift = jnp.mean(ft)
-            ft, gt = ft - shift, gt + shift
-            row_t, col_t = marginals(make_coupling(ft, gt))
-            err_t = error(row_t, col_t)
-            gain = dual(ft, gt, row_t) - value
-            armijo = gain >= ARMIJO * t * slope
-            at_rounding = (jnp.abs(gain) <= noise) & (err_t < err)
-            ok = jnp.isfinite(err_t) & jnp.isfinite(gain) & (armijo | at_rounding)
-            return ok, (ft, gt, row_t, col_t, err_t)
-
-        def cond(state):
-            k, ok, _ = state
+        def cond(carry):
+            k, ok, _ = carry
             return ~ok & (k <= MAX_BACKTRACKS)
 
-        def body(state):
-            k, _, _ = state
-            ok, point = trial(t_max * 0.5 ** k.astype(f.dtype))
-            return k + 1, ok, point
+        def body(carry):
+            k, _, _ = carry
+            t = t_max * 0.5 ** k.astype(x.f.dtype)
+            ok, y = self.trial(x, df, dg, t, value, slope, noise)
+            return k + 1, ok, y
 
-        start = (jnp.asarray(0), jnp.asarray(False), (f, g, row, col, err))
-        tries, ok, point = jax.lax.while_loop(cond, body, start)
-        return ok, point, tries
+        tries, ok, y = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False), x))
+        return ok, y, tries
 
-    def sinkhorn_iteration(f, g):
-        g = epsilon * (log_b - row_logsumexp(make_coupling(f, g).transpose(), f))
-        f = epsilon * (log_a - row_logsumexp(make_coupling(f, g), g))
-        row, col = marginals(make_coupling(f, g))
-        return f, g, row, col, error(row, col)
+    def sinkhorn_iteration(self, f, g) -> DualPoint:
+        """A `g` and an `f` update, then the marginals: three passes."""
+        p = self.problem
+        g = p.update_g(p.coupling(f, g), f, p.epsilon)
+        f = p.update_f(p.coupling(f, g), g, p.epsilon)
+        return self.point(f, g)
 
-    def newton_step(state):
-        f, g, row, col, err = (state[k] for k in ("f", "g", "row", "col", "err"))
+    def newton_step(self, state: NewtonState):
+        """A Newton step from `state.point`: `(accepted, next point, passes)`;
+        a failed search stays where it started, not at its last trial."""
+        x = state.point
         # CG may use what is left of the budget, less the step's other passes.
-        budget = 2 * (max_iters - iterations(state["passes"])) - 3
-        df, dg, cg_passes = direction(f, g, row, col, err, jnp.clip(budget, 1, CG_MAX_STEPS))
-        ok, point, tries = line_search(f, g, row, col, err, df, dg)
-        # A failed search falls back from where it started, not its last trial.
-        point = jax.lax.cond(ok, lambda: point, lambda: (f, g, row, col, err))
-        return ok, point, cg_passes + tries
+        budget = 2 * (self.max_iters - self.iterations(state.passes)) - 3
+        df, dg, cg_passes = self.direction(x, jnp.clip(budget, 1, CG_MAX_STEPS))
+        ok, y, tries = self.line_search(x, df, dg)
+        y = jax.lax.cond(ok, lambda: y, lambda: x)
+        return ok, y, cg_passes + tries
 
-    def skip(state):
-        point = tuple(state[k] for k in ("f", "g", "row", "col", "err"))
-        return jnp.asarray(False), point, jnp.zeros_like(state["passes"])
+    def step(self, state: NewtonState) -> NewtonState:
+        """A Newton step, or a Sinkhorn iteration where no step length was
+        accepted (now or earlier: the Newton model is not to be trusted
+        there)."""
 
-    def cond(state):
-        return (iterations(state["passes"]) < max_iters) & ~(state["err"] <= tol)
+        def skip(state):
+            return jnp.asarray(False), state.point, jnp.zeros_like(state.passes)
 
-    def body(state):
-        ok, point, cost = jax.lax.cond(state["use_newton"], newton_step, skip, state)
-        # No step length accepted: a Sinkhorn iteration instead, and from then
-        # on only those (the Newton model is not to be trusted here).
-        point = jax.lax.cond(ok, lambda: point, lambda: sinkhorn_iteration(*point[:2]))
-        passes = state["passes"] + (cost + jnp.where(ok, 0, 3)).astype(state["passes"].dtype)
-        f, g, row, col, err = point
-        progress(iterations(state["passes"]), iterations(passes), err)
-        return dict(f=f, g=g, row=row, col=col, err=err, passes=passes, use_newton=ok)
+        ok, y, cost = jax.lax.cond(state.use_newton, lambda s: self.newton_step(s), skip, state)
+        y = jax.lax.cond(ok, lambda: y, lambda: self.sinkhorn_iteration(y.f, y.g))
+        passes = state.passes + (cost + jnp.where(ok, 0, 3)).astype(state.passes.dtype)
+        self.progress(self.iterations(state.passes), self.iterations(passes), y.err)
+        return NewtonState(y, passes, ok)
 
-    row, col = marginals(make_coupling(f, g))
-    state = dict(f=f, g=g, row=row, col=col, err=error(row, col), passes=passes + 1,
-                 use_newton=jnp.asarray(True))
-    state = jax.lax.while_loop(cond, body, state)
-    passes = state["passes"]
-    return state["f"], state["g"], state["row"], state["err"], iterations(passes), passes
+    def run(self, f, g) -> NewtonState:
+        """Steps from `(f, g)` until the error is `<= tol` or the budget is spent."""
+
+        def cond(state):
+            return (self.iterations(state.passes) < self.max_iters) & ~(state.point.err <= self.tol)
+
+        start = NewtonState(self.point(f, g), self.passes0 + 1, jnp.asarray(True))
+        # (Closures, not bound methods: JAX hashes the functions it is given.)
+        return jax.lax.while_loop(cond, lambda s: self.step(s), start)
+
+
+def newton_phase(problem: DualProblem, f, g, it, passes, max_iters, tol, progress):
+    """Newton steps from `(f, g)` until the marginal error is `<= tol` or the
+    iteration count reaches `max_iters`.
+
+    Iterations are counted in units of a Sinkhorn iteration (two streaming
+    passes): a Newton step adds half its passes, rounded up, so `max_iters`
+    bounds the work whatever the variant. `it`, `passes`: iterations and
+    passes before this phase. `problem` gives the coupling at the target
+    epsilon; `progress(it_before, it_after, err)` reports.
+
+    **Returns:** `(f, g, row marginal, err, iterations, passes)` of the last
+    potentials.
+    """
+    phase = NewtonPhase(problem, tol, max_iters, it, passes, progress)
+    state = phase.run(f, g)
+    x = state.point
+    return x.f, x.g, x.row, x.err, phase.iterations(state.passes), state.passes

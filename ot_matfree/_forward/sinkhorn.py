@@ -4,7 +4,12 @@ Why not ott-jax's solver: ott-jax's online `PointCloud(batch_size=...)`
 crashes on jax 0.10, and differentiating its Sinkhorn in reverse mode keeps
 O(nm) residuals. Here the forward solve only needs row log-sum-exps, which
 stream in O((n + m) d + block * m) memory; derivatives never go through the
-iterations (they use the implicit-function rules of `_hvp.py`).
+iterations (they use the implicit-function rules of `_derivatives/`).
+
+The solve has two phases: the Sinkhorn loop (`steps.py`: a typed state, the
+epsilon schedule and one step object per variant) and, with `newton=`,
+Newton steps on the dual (`newton.py`). `Sinkhorn` holds the options and
+says how they compose; `_solve` chains the phases.
 """
 
 from collections.abc import Callable
@@ -16,12 +21,22 @@ from jaxtyping import Array, Float
 
 from .._core.checks import check_block_size, check_problem, error_if, error_if_failed
 from .._core.costs import AbstractCost, SqEuclidean, as_cost
-from .._core.coupling import Coupling
+from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
 from .._core.sharding import RowSharding, auto_partitioned, row_sharding
-from .accel import adapt_momentum, anderson_mix, anderson_push
+from .dual import DualProblem
 from .newton import NEWTON_MIN_BUDGET, newton_phase
-from .._stream.engine import row_logsumexp
+from .steps import (
+    AbstractStep,
+    AdaptiveMomentum,
+    AndersonStep,
+    FixedMomentum,
+    PlainStep,
+    Schedule,
+    SinkhornState,
+    initial_state,
+    sinkhorn_loop,
+)
 
 
 class _Unset:
@@ -34,16 +49,17 @@ class _Unset:
 UNSET = _Unset()
 #: The options that choose the iteration.
 ITERATION_OPTIONS = ("momentum", "anderson", "epsilon_scaling", "newton")
-#: The iteration of `Sinkhorn()` when none of `ITERATION_OPTIONS` is given:
-#: adaptive momentum, the fastest at tolerance 1e-6 on the grid of
-#: `benchmarks/sinkhorn_speed.py` after Newton steps (which compile longer and
-#: were measured on that grid only); see docs/forward_solvers.md.
+#: The value each of `ITERATION_OPTIONS` takes when it is not given (with
+#: `anderson` given, `momentum` is off instead: they do not combine). Adaptive
+#: momentum is the fastest at tolerance 1e-6 on the grid of
+#: `benchmarks/sinkhorn_speed.py` after Newton steps (which compile longer);
+#: see docs/forward_solvers.md.
 DEFAULT_ITERATION = dict(momentum="adaptive", anderson=None, epsilon_scaling=None, newton=None)
 
 
 class Sinkhorn(eqx.Module):
     """Log-domain Sinkhorn iterations (ott-jax's potential convention), plain or
-    accelerated.
+    accelerated, optionally followed by Newton steps.
 
     Each iteration updates `g` (making the column marginals exact) and then
     `f`; the marginal error of the coupling `(f, g)` comes for free from the
@@ -56,49 +72,60 @@ class Sinkhorn(eqx.Module):
 
     - `tol`: stop when the marginal error of the returned coupling is
       `<= tol` (for plain Sinkhorn the columns are exact up to rounding, so
-      this is `|P 1 - a|_1`). Float32 cannot go much below `1e-6`.
-    - `max_iters`: iteration cap (annealing iterations included); reaching it
-      is a failure (`RESULTS.sinkhorn_max_iters_reached`: raised with
-      `throw=True`).
-    - `momentum`: `None` (plain Sinkhorn), a fixed over-relaxation weight `w`
-      in (0, 2) (`g <- g + w (T_g(f) - g)`, then `f` likewise; Thibault et
-      al. 2021), or `"adaptive"`: plain for 20 iterations, then `w` set from
-      the measured contraction `rho` as `2 / (1 + sqrt(1 - rho))` (Lehmann
-      et al. 2021) and re-estimated every 10 iterations; `w - 1` is halved
-      whenever the error grew over such a window (the safe step), and `w`
-      set to exactly 1 (plain Sinkhorn, columns exact) once `w - 1` would
-      fall below 0.2.
-    - `anderson`: `None`, or the memory (number of past iterates, >= 2) of
-      Anderson acceleration of the map `f -> T_f(T_g(f))`; restarted when
-      the error grows. Cannot be combined with `momentum`.
-    - `epsilon_scaling`: `None`, or a factor `q` in (0, 1): annealing as
-      GeomLoss's `scaling` and ott-jax's `Epsilon` scheduler do, one
-      iteration per value `eps_k = max(eps_0 q^k, epsilon)` from
+      this is `|P 1 - a|_1`). Float32 cannot go much below `1e-6`. In
+      float64 a `tol` near 1e-14 is at the rounding floor of the marginal
+      error (about 1e-14 at n = 12); which side of it an iteration stops on
+      is luck, so ask for 1e-13 or more.
+    - `max_iters`: iteration cap (annealing iterations and Newton steps
+      included); reaching it is a failure
+      (`RESULTS.sinkhorn_max_iters_reached`: raised with `throw=True`).
+    - `momentum`: `"adaptive"` (the default), `None` (plain Sinkhorn), or a
+      fixed over-relaxation weight `w` in (0, 2) (`g <- g + w (T_g(f) - g)`,
+      then `f` likewise; Thibault et al. 2021). `"adaptive"`: plain for 20
+      iterations, then `w` set from the measured contraction `rho` as
+      `2 / (1 + sqrt(1 - rho))` (Lehmann et al. 2021) and re-estimated
+      every 10 iterations; `w - 1` is halved whenever the error grew over
+      such a window (the safe step), and `w` set to exactly 1 (plain
+      Sinkhorn, columns exact) once `w - 1` would fall below 0.2.
+    - `anderson`: `None` (the default), or the memory (number of past
+      iterates, >= 2) of Anderson acceleration of the map
+      `f -> T_f(T_g(f))`, restarted when the error grows. It replaces
+      momentum: given, `momentum` defaults to `None`, and giving both
+      raises `ValueError`.
+    - `epsilon_scaling`: `None` (the default), or a factor `q` in (0, 1):
+      annealing as GeomLoss's `scaling` and ott-jax's `Epsilon` scheduler
+      do, one iteration per value `eps_k = max(eps_0 q^k, epsilon)` from
       `eps_0 = c(lo, hi)`, the cost between the corners of the clouds'
       bounding box (the squared diameter for `SqEuclidean`). Momentum and
       Anderson act once the target is reached. Not useful with a warm start.
-    - `newton`: `None`, or a marginal error (e.g. `0.1`) below which the
-      iterations above hand over to Newton steps on the dual: each solves
-      the H-system of the current coupling by CG (one streaming pass per CG
-      step, inexact with a forcing term) and takes a backtracking line
-      search on the dual (`_sinkhorn_newton.py`). A Newton step counts in
-      `num_iters` (and towards `max_iters`) as half its streaming passes,
-      rounded up: iterations are in units of a Sinkhorn iteration's two
-      passes (`Coupling.num_passes` is the exact count). The hand-over
-      needs at least 10 iterations of the budget left.
-
-    With none of `momentum`, `anderson`, `epsilon_scaling`, `newton` given,
-    the iteration is `DEFAULT_ITERATION` (adaptive momentum); with any of
-    them given, exactly those (the others off: `Sinkhorn(momentum=None)` is
-    plain Sinkhorn, `Sinkhorn(anderson=5)` Anderson alone). In float64 a
-    `tol` near 1e-14 is at the rounding floor of the marginal error (about
-    1e-14 at n = 12); which side of it an iteration stops on is luck, so
-    ask for 1e-13 or more.
+    - `newton`: `None` (the default), or a marginal error (e.g. `0.1`) below
+      which the iteration above hands over to Newton steps on the dual:
+      each solves the H-system of the current coupling by CG (one streaming
+      pass per CG step, inexact with a forcing term) and takes a
+      backtracking line search on the dual (`_forward/newton.py`). A Newton
+      step counts in `num_iters` (and towards `max_iters`) as half its
+      streaming passes, rounded up: iterations are in units of a Sinkhorn
+      iteration's two passes (`Coupling.num_passes` is the exact count).
+      The hand-over needs at least `NEWTON_MIN_BUDGET` (10) iterations of
+      the budget left.
     - `progress`: optional callable `progress(iteration, marginal_error)`
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
       annealing the error is that at the current epsilon.
     - `progress_every`: how often `progress` is called.
+
+    **How the options compose.** Each option not given takes its default
+    (`DEFAULT_ITERATION`): `momentum="adaptive"` (or `None` when `anderson`
+    is given), no Anderson, no annealing, no Newton steps. `momentum` or
+    `anderson` chooses the iteration; `epsilon_scaling` adds annealing before
+    it and `newton` Newton steps after it. So `Sinkhorn(newton=0.1)` is
+    adaptive momentum, then Newton steps (the same as
+    `Sinkhorn(momentum="adaptive", newton=0.1)`), `Sinkhorn(anderson=5)` is
+    Anderson alone, and `Sinkhorn(momentum=None)` plain Sinkhorn; write
+    `momentum=None` for plain Sinkhorn before annealing or Newton steps
+    (`Sinkhorn(momentum=None, newton=0.1)`). In 0.2 naming any of these
+    options turned the others off, so `Sinkhorn(newton=0.1)` and
+    `Sinkhorn(epsilon_scaling=q)` then started from plain Sinkhorn.
 
     See the "Forward solver" guide for which to choose.
     """
@@ -113,12 +140,13 @@ class Sinkhorn(eqx.Module):
     progress_every: int = eqx.field(static=True, default=10)
 
     def __post_init__(self):
-        # No option of the iteration given: the default iteration. Any given:
-        # exactly those, the others off.
-        given = {k: getattr(self, k) for k in ITERATION_OPTIONS if getattr(self, k) is not UNSET}
-        chosen = DEFAULT_ITERATION if not given else {**dict.fromkeys(ITERATION_OPTIONS), **given}
+        # Every option not given takes its default; momentum's is off next to
+        # Anderson, which replaces it.
+        anderson_given = self.anderson is not UNSET and self.anderson is not None
         for k in ITERATION_OPTIONS:
-            setattr(self, k, chosen[k])
+            if getattr(self, k) is UNSET:
+                off = k == "momentum" and anderson_given
+                setattr(self, k, None if off else DEFAULT_ITERATION[k])
 
     def __check_init__(self):
         if not self.tol > 0:
@@ -138,7 +166,10 @@ class Sinkhorn(eqx.Module):
         ):
             raise ValueError(f"`anderson` must be None or an integer >= 2, got {self.anderson!r}.")
         if self.anderson is not None and m is not None:
-            raise ValueError("`anderson` and `momentum` cannot be combined; pick one.")
+            raise ValueError(
+                "`anderson` and `momentum` cannot be combined; pick one (with `anderson` "
+                "given, `momentum` defaults to None)."
+            )
         q = self.epsilon_scaling
         if q is not None and not (isinstance(q, (int, float)) and 0 < q < 1):
             raise ValueError(f"`epsilon_scaling` must be None or a float in (0, 1), got {q!r}.")
@@ -153,6 +184,17 @@ class Sinkhorn(eqx.Module):
         """No acceleration and no annealing: the plain iteration."""
         return (self.momentum is None and self.anderson is None and self.epsilon_scaling is None
                 and self.newton is None)
+
+    @property
+    def step(self) -> AbstractStep:
+        """The step object of the iteration (`steps.py`) these options choose."""
+        if self.anderson is not None:
+            return AndersonStep(self.anderson)
+        if self.momentum == "adaptive":
+            return AdaptiveMomentum()
+        if self.momentum is not None:
+            return FixedMomentum(self.momentum)
+        return PlainStep()
 
 
 def report_progress(solver: Sinkhorn, iteration, error) -> None:
@@ -193,6 +235,8 @@ def finish(coupling: Coupling, throw: bool) -> Coupling:
 
 
 def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
+    """`successful` when the marginal error `err` is `<= solver.tol`, else
+    `sinkhorn_max_iters_reached`."""
     return RESULTS.where(err <= solver.tol, RESULTS.successful, RESULTS.sinkhorn_max_iters_reached)
 
 
@@ -204,168 +248,111 @@ def initial_epsilon(x, y, cost: AbstractCost, epsilon):
     return jnp.maximum(jnp.asarray(cost(lo, hi), x.dtype), epsilon)
 
 
+def centred_start(f, g, m: int):
+    """The start `(f - c, g + c)`, `c = mean(f)`; `g` zeros when not given.
+
+    The gauge `(f + c, g - c)` is free: centring keeps the potentials of the
+    size of the costs. A start like `full(n, 1e16)` otherwise makes
+    `f - f_next` round to 0, and the marginal error with it (false
+    convergence).
+    """
+    shift = jnp.mean(f)
+    g = jnp.zeros((m,), f.dtype) if g is None else g + shift
+    return f - shift, g
+
+
+def sinkhorn_phase(problem: DualProblem, solver: Sinkhorn, f, g) -> SinkhornState:
+    """The Sinkhorn loop from `(f, g)`: until the error at the target epsilon
+    is `<= tol`, or below `solver.newton` with the budget for Newton steps
+    left, or `max_iters`."""
+    q = solver.epsilon_scaling
+    if q is None:
+        schedule = Schedule(problem.epsilon)
+    else:
+        eps0 = initial_epsilon(problem.x, problem.y, problem.cost, problem.epsilon)
+        schedule = Schedule(problem.epsilon, eps0, q)
+
+    def done(state: SinkhornState):
+        converged = state.err_target <= solver.tol
+        if solver.newton is None:
+            return converged
+        switch = (state.err_target <= solver.newton) & (
+            state.it + NEWTON_MIN_BUDGET <= solver.max_iters
+        )
+        return converged | switch
+
+    step = solver.step
+    state = initial_state(problem, step, q is not None, f, g)
+    return sinkhorn_loop(problem, schedule, step, state, done, solver.max_iters,
+                         lambda it, err: report_progress(solver, it, err))
+
+
+def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
+    """`(f, g, T_f(g), err, passes)` of the loop's last coupling at the target.
+
+    A loop stopped during the annealing (`max_iters` too small) reports the
+    error of its last `f` at the target epsilon, not at `eps_k`: one more
+    `g` and `f` update there (two passes).
+    """
+    f, g, f_hat, err, passes = state.f_eval, state.g, state.f_hat, state.err_target, 2 * state.it
+    if solver.epsilon_scaling is None:
+        return f, g, f_hat, err, passes
+
+    def settle(f, g, f_hat, err):
+        eps = problem.epsilon
+        geometry = problem.coupling(f, g)
+        g = problem.update_g(geometry, f, eps)
+        f_hat = problem.update_f(geometry, g, eps)
+        return f, g, f_hat, problem.row_error(f, f_hat, eps)
+
+    f, g, f_hat, err = jax.lax.cond(state.at_target, lambda *args: args, settle, f, g, f_hat, err)
+    return f, g, f_hat, err, passes + jnp.where(state.at_target, 0, 2)
+
+
+def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes):
+    """With `solver.newton`, Newton steps from the loop's last coupling unless
+    the loop ended at `tol` or at `max_iters`.
+
+    **Returns:** `(f, g, row sums P 1, err, iterations, passes)`.
+    """
+
+    def no_newton(f, g, f_hat, err, it, passes):
+        # Row sums of the coupling (f, g) are a_i exp((f_i - T_f(g)_i) / eps).
+        return f, g, problem.a * jnp.exp((f - f_hat) / problem.epsilon), err, it, passes
+
+    if solver.newton is None:
+        return no_newton(f, g, f_hat, err, it, passes)
+
+    def newton(f, g, f_hat, err, it, passes):
+        return newton_phase(
+            problem, f, g, it, passes, solver.max_iters, solver.tol,
+            lambda start, stop, e: report_progress_between(solver, start, stop, e),
+        )
+
+    handover = (err > solver.tol) & (it < solver.max_iters)
+    return jax.lax.cond(handover, newton, no_newton, f, g, f_hat, err, it, passes)
+
+
 @eqx.filter_jit
 @auto_partitioned
 def _solve(
     x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, g_init, block_size, sharding, throw
 ) -> Coupling:
-    # The gauge (f + c, g - c) is free: centre the start so that potentials stay
-    # of the size of the costs. A start like `full(n, 1e16)` otherwise makes
-    # f - f_next round to 0, and the marginal error with it (false convergence).
-    shift = jnp.mean(f_init)
-    f_init = f_init - shift
-    g_init = jnp.zeros(y.shape[0], x.dtype) if g_init is None else g_init + shift
+    """The jitted solve behind `solve`: the Sinkhorn loop from the centred
+    start, its last coupling at the target epsilon, Newton steps if asked,
+    then the `Coupling` with its diagnostics (and, with `throw`, its check)."""
+    f_init, g_init = centred_start(f_init, g_init, y.shape[0])
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
-    log_a, log_b = jnp.log(a), jnp.log(b)
-    dtype = x.dtype
-    momentum, anderson, scaling = solver.momentum, solver.anderson, solver.epsilon_scaling
-
-    def geometries(eps):
-        geom = Coupling(x, y, a, b, f_init, g_init, eps, cost, block_size=block_size,
-                        sharding=sharding)
-        return geom, geom.transpose()
-
-    def potential(geom, log_w, other, eps):
-        """`eps log w_i - eps LSE_j (other_j - C_ij) / eps`."""
-        return eps * (log_w - row_logsumexp(geom, other))
-
-    def row_error(f, f_hat, eps):
-        # Row sums of the coupling (f, g) are a_i exp((f_i - T_f(g)_i) / eps).
-        return jnp.sum(jnp.abs(a * jnp.expm1((f - f_hat) / eps)))
-
-    if scaling is None:
-        def schedule(it):
-            return epsilon, jnp.asarray(True)
-    else:
-        eps0 = initial_epsilon(x, y, cost, epsilon)
-
-        def schedule(it):
-            annealed = eps0 * jnp.asarray(scaling, dtype) ** it.astype(dtype)
-            return jnp.maximum(annealed, epsilon), annealed <= epsilon
-
-    if solver.newton is None:
-        def done(state):
-            return state["err_target"] <= solver.tol
-    else:
-        def done(state):
-            # Newton takes over below `solver.newton`, if enough of the
-            # iteration budget is left for a Newton step.
-            switch = (state["err_target"] <= solver.newton) & (
-                state["it"] + NEWTON_MIN_BUDGET <= solver.max_iters
-            )
-            return (state["err_target"] <= solver.tol) | switch
-
-    def cond(state):
-        return (state["it"] < solver.max_iters) & ~done(state)
-
-    def body(state):
-        it, f = state["it"], state["f"]
-        eps, at_target = schedule(it)
-        geometry, geometry_t = geometries(eps)
-        new = dict(state)
-        g_hat = potential(geometry_t, log_b, f, eps)
-        if momentum is None:
-            g = g_hat
-        else:
-            w = jnp.where(at_target, state["w"], 1.0)
-            # w = 1 is plain Sinkhorn, exactly: its columns are then exact, so
-            # the error reaches plain Sinkhorn's rounding floor.
-            plain = w == 1
-            g = jnp.where(plain, g_hat, state["g"] + w * (g_hat - state["g"]))
-        f_hat = potential(geometry, log_a, g, eps)
-        err = row_error(f, f_hat, eps)
-        if momentum is not None:
-            # Column sums of (f, g) are b_j exp((g_j - T_g(f)_j) / eps).
-            # (Zero when w = 1: g is then T_g(f) itself, as in plain Sinkhorn.)
-            err = err + jnp.where(plain, 0.0, jnp.sum(jnp.abs(b * jnp.expm1((g - g_hat) / eps))))
-            f_next = jnp.where(plain, f_hat, f + w * (f_hat - f))
-            if momentum == "adaptive":
-                k = state["k"] + at_target.astype(state["k"].dtype)
-                w_next, err_ref, settling = adapt_momentum(
-                    state["w"], err, state["err_ref"], k, state["settling"]
-                )
-                new["w"] = jnp.where(at_target, w_next, state["w"])
-                new["err_ref"] = jnp.where(at_target, err_ref, state["err_ref"])
-                new["settling"] = at_target & settling | ~at_target & state["settling"]
-                new["k"] = k
-        elif anderson is not None:
-            grew = ~(err <= state["err"])
-            count = jnp.where(at_target & ~grew, state["count"], 0)
-            history, count = anderson_push(state["history"], count, f, f_hat)
-            f_next = jnp.where(at_target, anderson_mix(history, count, a), f_hat)
-            new["history"], new["count"] = history, count
-        else:
-            f_next = f_hat
-        report_progress(solver, it + 1, err)
-        new.update(
-            it=it + 1, f=f_next, g=g, f_eval=f, f_hat=f_hat, err=err,
-            err_target=jnp.where(at_target, err, jnp.inf), at_target=at_target,
-        )
-        return new
-
-    inf = jnp.asarray(jnp.inf, dtype)
-    state = dict(it=jnp.asarray(0), f=f_init, g=g_init, f_eval=f_init, f_hat=f_init, err=inf,
-                 err_target=inf, at_target=jnp.asarray(scaling is None))
-    if momentum is not None:
-        state["w"] = jnp.asarray(1.0 if momentum == "adaptive" else momentum, dtype)
-    if momentum == "adaptive":
-        state.update(err_ref=inf, k=jnp.asarray(0), settling=jnp.asarray(False))
-    if anderson is not None:
-        empty = jnp.zeros((x.shape[0], anderson), dtype)
-        if sharding is not None:
-            empty = sharding.place(empty, sharding.rows)
-        state.update(history=(empty, empty), count=jnp.asarray(0))
-    state = jax.lax.while_loop(cond, body, state)
-    it, f, g, f_hat, err = (state[k] for k in ("it", "f_eval", "g", "f_hat", "err_target"))
-    passes = 2 * it
-    if scaling is not None:
-        # Stopped during the annealing (`max_iters` too small): report the
-        # error of the last potentials at the target epsilon, not at eps_k.
-        def at_target(f, g, f_hat, err):
-            geometry, geometry_t = geometries(epsilon)
-            g = potential(geometry_t, log_b, f, epsilon)
-            f_hat = potential(geometry, log_a, g, epsilon)
-            return f, g, f_hat, row_error(f, f_hat, epsilon)
-
-        f, g, f_hat, err = jax.lax.cond(
-            state["at_target"], lambda *args: args, at_target, f, g, f_hat, err
-        )
-        passes = passes + jnp.where(state["at_target"], 0, 2)
+    problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
+    state = sinkhorn_phase(problem, solver, f_init, g_init)
+    f, g, f_hat, err, passes = at_target(problem, solver, state)
     if sharding is not None:
         f, g, f_hat = sharding.place((f, g, f_hat), sharding.rows)
-    if solver.newton is None:
-        total_mass = jnp.sum(a * jnp.exp((f - f_hat) / epsilon))
-    else:
-        def make_coupling(f, g):
-            return Coupling(x, y, a, b, f, g, epsilon, cost, block_size=block_size,
-                            sharding=sharding)
-
-        def newton(f, g, f_hat, err, it, passes):
-            return newton_phase(
-                make_coupling, a, b, epsilon, f, g, it, passes, solver.max_iters, solver.tol,
-                lambda start, stop, e: report_progress_between(solver, start, stop, e),
-            )
-
-        def no_newton(f, g, f_hat, err, it, passes):
-            return f, g, a * jnp.exp((f - f_hat) / epsilon), err, it, passes
-
-        # From the potentials whose error the Sinkhorn loop measured (at the
-        # target epsilon), unless that loop ended at `tol` or at `max_iters`.
-        handover = (err > solver.tol) & (it < solver.max_iters)
-        f, g, row, err, it, passes = jax.lax.cond(
-            handover, newton, no_newton, f, g, f_hat, err, it, passes
-        )
-        total_mass = jnp.sum(row)
-    reg_ot_cost = (
-        jnp.sum(a * (f - epsilon * log_a))
-        + jnp.sum(b * (g - epsilon * log_b))
-        + epsilon * (1 - total_mass)
-    )
-    coupling = Coupling(
-        x, y, a, b, f, g, epsilon, cost, num_iters=it, marginal_error=err,
-        reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
-        sharding=sharding, num_passes=passes,
+    f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, state.it, passes)
+    coupling = problem.coupling(
+        f, g, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)),
+        result=sinkhorn_status(err, solver), num_passes=passes,
     )
     return finish(coupling, throw)
 
@@ -379,7 +366,7 @@ def solve(
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
     solver: Sinkhorn = Sinkhorn(),
-    block_size: int | None = None,
+    block_size: BlockSize = None,
     init: Float[Array, " n"] | tuple[Float[Array, " n"], Float[Array, " m"]] | Coupling
     | None = None,
     throw: bool = True,
@@ -400,7 +387,8 @@ def solve(
     - `solver`: a `Sinkhorn` instance (tolerance, iteration cap, acceleration,
       annealing, progress).
     - `block_size`: rows per streaming block; `None` picks it from a memory
-      budget (`ot_matfree._coupling.DEFAULT_BLOCK_BYTES`).
+      budget (`ot_matfree._core.coupling.DEFAULT_BLOCK_BYTES`), `"auto"`
+      measures it once per shape (`ot_matfree._stream.engine.autotune`).
     - `init`: warm start: an initial `f` potential, shape (n,), a pair
       `(f, g)`, or a previous `Coupling` of the same sizes (its `f` and `g`;
       for instance the solution before a small move of the points). Only
@@ -431,7 +419,7 @@ def solve_placed(
     sharding: RowSharding | None, x, y, a, b, *, epsilon, cost, solver, block_size, init, throw
 ) -> Coupling:
     """`solve` with the clouds' placement given: the losses read it before their
-    `jit`, where an `Auto`-axis placement is still visible (`_sharding.py`)."""
+    `jit`, where an `Auto`-axis placement is still visible (`_core/sharding.py`)."""
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")

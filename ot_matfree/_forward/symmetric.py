@@ -6,7 +6,8 @@ divergence example it is still at a marginal error of 1e-7 after 100,000
 iterations). The symmetric update of Feydy et al. (2019, eq. 25),
 `f <- (f + T(f)) / 2` with `T(f) = eps log a - eps LSE_j (f_j - C_ij) / eps`,
 keeps `f = g` and converges in tens of iterations. Same layer as
-`_sinkhorn.py`; memory O(n d + block * n).
+`sinkhorn.py`, and the same c-transform and cost (`dual.py`); memory
+O(n d + block * n).
 """
 
 import equinox as eqx
@@ -15,10 +16,10 @@ import jax.numpy as jnp
 
 from .._core.checks import check_block_size, check_epsilon, check_points, check_weights
 from .._core.costs import AbstractCost, SqEuclidean
-from .._core.coupling import Coupling
+from .._core.coupling import BlockSize, Coupling
 from .._core.sharding import RowSharding, auto_partitioned
+from .dual import DualProblem
 from .sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_placed
-from .._stream.engine import row_logsumexp
 
 
 def is_symmetric(cost: AbstractCost) -> bool:
@@ -31,22 +32,20 @@ def is_symmetric(cost: AbstractCost) -> bool:
 def _solve_symmetric(
     x, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
 ) -> Coupling:
-    n = x.shape[0]
-    f0 = jnp.zeros((n,), x.dtype)
+    """The averaged update `f <- (f + T(f)) / 2` from `f = 0` until the marginal
+    error is `<= solver.tol` or `max_iters`; the `Coupling` `(f, f)` with its
+    diagnostics (and, with `throw`, its check)."""
+    f0 = jnp.zeros((x.shape[0],), x.dtype)
     if sharding is not None:
         x, a, f0 = sharding.place((x, a, f0), sharding.rows)
-    log_a = jnp.log(a)
+    problem = DualProblem.create(x, x, a, a, epsilon, cost, block_size, sharding)
 
     def transform(f):
-        geometry = Coupling(
-            x, x, a, a, f, f, epsilon, cost, block_size=block_size, sharding=sharding
-        )
-        return epsilon * (log_a - row_logsumexp(geometry, f))
+        return problem.update_f(problem.coupling(f, f), f, epsilon)
 
     def error(f, tf):
-        # Row sums of the coupling (f, f) are a_i exp((f_i - T(f)_i) / eps);
-        # column sums are the same by symmetry.
-        return 2 * jnp.sum(jnp.abs(a * jnp.expm1((f - tf) / epsilon)))
+        # The column sums of (f, f) are its row sums, by symmetry.
+        return 2 * problem.row_error(f, tf, epsilon)
 
     def cond(state):
         it, _, _, err = state
@@ -65,25 +64,23 @@ def _solve_symmetric(
     if sharding is not None:
         f, tf = sharding.place((f, tf), sharding.rows)
     total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
-    reg_ot_cost = 2 * jnp.sum(a * (f - epsilon * log_a)) + epsilon * (1 - total_mass)
-    coupling = Coupling(
-        x, x, a, a, f, f, epsilon, cost, num_iters=it, marginal_error=err,
-        reg_ot_cost=reg_ot_cost, result=sinkhorn_status(err, solver), block_size=block_size,
-        sharding=sharding,
+    coupling = problem.coupling(
+        f, f, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, f, total_mass),
+        result=sinkhorn_status(err, solver),
     )
     return finish(coupling, throw)
 
 
 def solve_symmetric(
     x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
-    block_size: int | None = None, sharding: RowSharding | None = None, throw: bool = True,
+    block_size: BlockSize = None, sharding: RowSharding | None = None, throw: bool = True,
 ) -> Coupling:
     """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
 
     Falls back to `solve(x, x, a, a, ...)` for costs not known to be symmetric.
     `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
     mass correction of an unconverged coupling); `throw` as for `solve`;
-    `sharding` is the placement of `x` (`_sharding.row_sharding`).
+    `sharding` is the placement of `x` (`_core.sharding.row_sharding`).
     Only `solver.tol`, `max_iters` and the progress options are used: the
     averaged update needs no momentum, Anderson or annealing.
     """

@@ -14,7 +14,7 @@ right-hand side), and `assume_full_rank()` is `False`.
 """
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 import lineax as lx
@@ -40,6 +40,9 @@ def check_cg_options(rtol: float | None, atol: float, max_steps: int) -> None:
 
 
 def check_h_operator(operator) -> HOperator:
+    """`operator` itself if it is an `HOperator` (from `ot_matfree.h_operator`),
+    else a `TypeError` that says how to make one: the first line of every
+    solver's `init`."""
     if not isinstance(operator, HOperator):
         raise TypeError(
             "ot_matfree's solvers solve the H-matrix of a coupling: pass "
@@ -54,26 +57,27 @@ def range_shift(r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""
     return (jnp.sum(r) - jnp.sum(s)) / (n + m)
 
 
-def project_range(r: Float[Array, " n"], s: Float[Array, " m"]):
-    """Remove the component of `[r; s]` along the null vector `(1_n, -1_m)`.
+def project_range(
+    r: Float[Array, " n"], s: Float[Array, " m"]
+) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+    """Remove the component of `[r; s]` along H's null vector `(1_n, -1_m)`.
 
-    Makes the system consistent (`sum(r) = sum(s)`); a no-op when it already
-    is. Solving the projected system gives the least-squares solution.
+    H is symmetric, so this is the orthogonal projection onto its range. On
+    a right-hand side it makes the system consistent (`sum(r) = sum(s)`;
+    a no-op when it already is), and solving the projected system gives the
+    least-squares solution. On a solution `(df, dg)` it moves it along the
+    null vector to the minimum-norm one, leaving every `df_i + dg_j`
+    unchanged.
     """
     shift = range_shift(r, s)
     return r - shift, s + shift
 
 
-def fix_gauge(df: Float[Array, " n"], dg: Float[Array, " m"]):
-    """Move a solution along `(1_n, -1_m)` so it is orthogonal to it (the
-    minimum-norm solution); `df_i + dg_j` is unchanged."""
-    n, m = df.shape[0], dg.shape[0]
-    shift = (jnp.sum(df) - jnp.sum(dg)) / (n + m)
-    return df - shift, dg + shift
-
-
 def cg_result(stats: dict[str, Array], max_steps: int) -> lx.RESULTS:
-    """`successful`, or why CG stopped short: `max_steps_reached` or `breakdown`."""
+    """`successful`, or why CG stopped short: `max_steps_reached` or `breakdown`.
+
+    `stats` as `conjugate_gradient` returns them (`converged`, `num_steps`).
+    """
     failure = lx.RESULTS.where(
         stats["num_steps"] >= max_steps, lx.RESULTS.max_steps_reached, lx.RESULTS.breakdown
     )
@@ -85,33 +89,97 @@ class AbstractHSolver(lx.AbstractLinearSolver):
 
     Follows lineax's `AbstractLinearSolver` contract on an `HOperator` (from
     `ot_matfree.h_operator`) and a flat right-hand side `[r; s]` of size
-    `n + m`. The solution is the minimum-norm least-squares one (the component
-    of the right-hand side along the null vector `(1_n, -1_m)` is removed
-    first). Stats hold at least `num_steps`, `residual` (relative) and
-    `converged`; the returned `lineax.RESULTS` is `successful` exactly when
-    `converged` is true.
+    `n + m`, so `lineax.linear_solve(h_operator(coupling), rhs, solver)` and
+    `hvp(..., linear_solver=solver)` both work. The solution is the
+    minimum-norm least-squares one (the component of the right-hand side
+    along the null vector `(1_n, -1_m)` is removed first, `project_range`).
+
+    A new solver is a final `equinox.Module` subclass that declares its
+    options as fields and implements two methods (the rest of lineax's
+    contract, `compute`, `transpose`, `conj` and `assume_full_rank`, is
+    done here):
+
+    - `init(operator, options) -> state`: the set-up on the operator alone
+      (call `check_h_operator(operator)` first). The state is an
+      `equinox.Module` that holds the operator as `state.operator`: `hvp`
+      checks a `solver_state` against its coupling through it. Declare its
+      class as the class attribute `state_type` (optional): `compute` and
+      `hvp` then reject the state of another solver with a `TypeError`
+      (`check_state`).
+    - `solve_split(state, r, s, options) -> (df, dg, result, stats)`:
+      `result` a `lineax.RESULTS`, `successful` only when
+      `stats["converged"]` is true; `stats` a dict of arrays with at least
+      `num_steps`, `residual` (relative) and `converged`, the same keys
+      whatever the input (batched HVPs `vmap` it).
+
+    The pieces the built-in solvers are made of (`NormalisedSchur`,
+    `reduced_system`, `conjugate_gradient`, `cg_result`, ...) are in
+    `ot_matfree.internal`.
+
+    **A state is trusted by `lineax.linear_solve`.** lineax calls
+    `compute(state, vector, options)` without the operator (lineax 0.1.1,
+    `lineax/_solve.py`: `_linear_solve_impl(_, state, ...)`), so
+    `lineax.linear_solve(h_operator(c1), rhs, solver, state=solver.init(
+    h_operator(c2), {}))` solves with `c2`'s H-matrix, as it does for
+    lineax's own solvers: make the state from the operator you solve with.
+    ot_matfree's own entry points (`hvp(..., solver_state=...)` and the
+    functions built on it) check that a state was made from the coupling
+    they differentiate, and raise otherwise.
     """
+
+    #: The class of the state `init` returns, or `None` (no check).
+    state_type: ClassVar[type | None] = None
+
+    def check_state(self, state):
+        """`state` if it can be this solver's state (an instance of
+        `state_type` holding an `HOperator` as `state.operator`), else a
+        `TypeError` naming the solver and the state's maker."""
+        expected = type(self).state_type
+        name = type(self).__name__
+        if expected is not None and not isinstance(state, expected):
+            made_by = getattr(type(state), "made_by", None)
+            origin = f", the state of `{made_by}`" if made_by else ""
+            raise TypeError(
+                f"`{name}` was given a solver state of type `{type(state).__name__}`{origin}; "
+                f"`{name}` needs a `{expected.__name__}`. Make it with "
+                f"`{name}(...).init(h_operator(coupling), {{}})`, or solve with the solver "
+                "that made the state."
+            )
+        if not isinstance(getattr(state, "operator", None), HOperator):
+            raise TypeError(
+                f"`{name}` was given a solver state without an `HOperator` as "
+                f"`state.operator` (got `{type(state).__name__}`); make it with "
+                f"`{name}(...).init(h_operator(coupling), {{}})`."
+            )
+        return state
 
     @abc.abstractmethod
     def init(self, operator: HOperator, options: dict[str, Any]):
-        """Set-up on the operator alone; the state it returns holds the operator."""
+        """Set-up on the operator alone; the state it returns holds the operator
+        as `state.operator`."""
 
     @abc.abstractmethod
     def solve_split(
-        self, state, r: Float[Array, " n"], s: Float[Array, " m"], pushed=None
+        self, state, r: Float[Array, " n"], s: Float[Array, " m"],
+        options: dict[str, Any] | None = None,
     ) -> tuple[Float[Array, " n"], Float[Array, " m"], lx.RESULTS, dict[str, Array]]:
-        """`(df, dg, result, stats)` for the right-hand side `[r; s]`.
+        """`(df, dg, result, stats)` for the right-hand side `[r; s]`, split
+        into its `n` and `m` parts (what `compute` calls with lineax's vector cut
+        in two).
 
-        `pushed`: `(Q^T (big / p), Q^T (1 / p))` for this `[r; s]` when the
-        caller computed it in its own pass (`_pair_reductions.schur_rhs`);
-        solvers that reduce to the Schur complement use it instead of a pass
-        (`_schur.reduced_system`), the others ignore it.
+        `options`: lineax's options dict, as given to `compute` (`None` is
+        `{}`). ot_matfree's derivative rules put in it, under a private key,
+        a product they computed in their own streaming pass; solvers that
+        reduce to the Schur complement pass `options` on to
+        `reduced_system`, which uses it instead of a pass of its own. Others
+        ignore it.
         """
 
     @auto_partitioned
     def compute(self, state, vector, options):
+        state = self.check_state(state)
         n = state.operator.a_hat.shape[0]
-        df, dg, result, stats = self.solve_split(state, vector[:n], vector[n:])
+        df, dg, result, stats = self.solve_split(state, vector[:n], vector[n:], options)
         return jnp.concatenate([df, dg]), result, stats
 
     def transpose(self, state, options):

@@ -1,7 +1,7 @@
 """Leading singular triplets of the normalised coupling, matrix-free.
 
 `Pt = diag(p)^-1/2 Q diag(q)^-1/2` (oriented (larger side) x (smaller side),
-see `_schur.py`) has `s_1 = 1` with known vectors `sqrt(q)`, `sqrt(p)`. The
+see `schur.py`) has `s_1 = 1` with known vectors `sqrt(q)`, `sqrt(p)`. The
 spectral solvers need the next ones, `s_2 >= ... >= s_{k+1}`: the directions
 in which the H-matrix is nearly singular.
 
@@ -31,6 +31,13 @@ from .operators import HOperator, h_operator
 from .._core.results import RESULTS
 from .._core.sharding import auto_partitioned
 from .schur import NormalisedSchur
+
+#: Krylov depth (number of blocks) of `spectrum` and of the spectral solvers
+#: when none is given: `2 * NUM_BLOCKS` thin passes per spectrum.
+NUM_BLOCKS = 8
+#: Extra columns of the Krylov block when none are given (the accuracy of the
+#: `k`-th direction, and the multiplicity of a singular value resolved for sure).
+OVERSAMPLE = 10
 
 
 class Spectrum(eqx.Module):
@@ -207,8 +214,8 @@ def spectrum(
     coupling: Coupling | HOperator,
     k: int,
     *,
-    oversample: int = 10,
-    num_blocks: int = 4,
+    oversample: int = OVERSAMPLE,
+    num_blocks: int = NUM_BLOCKS,
     key: PRNGKeyArray | None = None,
     throw: bool = True,
 ) -> Spectrum:
@@ -216,7 +223,7 @@ def spectrum(
 
     `Pt = diag(a_hat)^-1/2 P diag(b_hat)^-1/2`; `s_1 = 1` is known exactly and
     deflated, block Krylov finds `s_2, ..., s_{k+1}` (the method and why it is
-    a block method: `ot_matfree/_solver/_block_krylov.py`).
+    a block method: `ot_matfree/_linear/block_krylov.py`).
     Costs `2 * num_blocks` streaming passes with thin matrices of
     `k + oversample` columns, plus two, and `O((n + m)(k + oversample)
     num_blocks)` memory. `SpectralCG` and `TruncatedSVD` compute it in their
@@ -229,10 +236,15 @@ def spectrum(
     - `oversample`: extra columns in the Krylov block (accuracy of the `k`-th
       direction; also the largest multiplicity of a singular value that is
       resolved for sure).
-    - `num_blocks`: Krylov depth (number of blocks, >= 1). The Krylov basis
-      would reach `(k + oversample) * num_blocks >= min(n, m) - 1` columns,
-      the whole complement of the null vector is used and the result is
-      exact (small problems).
+    - `num_blocks`: Krylov depth (number of blocks, >= 1); the default is
+      the spectral solvers' (`NUM_BLOCKS`, 8), so `spectrum` reports the
+      directions `SpectralCG` and `TruncatedSVD` deflate. Fewer blocks are
+      cheaper but can overestimate `1 - s_2` when it is small, and so
+      underestimate the condition number (`benchmarks/float32_stress.py`
+      records 4 blocks against 16 and 64). When the Krylov basis would reach
+      `(k + oversample) * num_blocks >= min(n, m) - 1` columns, the whole
+      complement of the null vector is used and the result is exact (small
+      problems).
     - `key`: PRNG key for the random start block (default `PRNGKey(0)`).
     - `throw`: raise when the spectrum is not finite or when the coupling's
       own Sinkhorn solve did not converge; with `throw=False` the status is

@@ -9,7 +9,7 @@ reported. The operators are still lineax operators.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -54,14 +54,27 @@ def conjugate_gradient(
     system is ill-conditioned (`|x| >> |b|`), in float32 or near a
     permutation coupling.
 
-    `final_product(x) -> (A x, aux)`, when given, makes the product of the
-    true final residual and something else from the same pass (the
-    normalised Schur complement's `mv_and_image`, whose `aux` the recovery
-    of the solution needs).
+    **Arguments:**
+
+    - `mv`: `z -> A z` (for example `NormalisedSchur.mv`, one pass each).
+    - `b`: the right-hand side, in the range of `A` (`reduced_system` gives
+      one).
+    - `rtol`, `atol`: the stopping rule above (`default_rtol(dtype)` is the
+      solvers' `rtol` when none is given; the solvers pass
+      `max(atol, schur.rounding_level(r, s))` as `atol`).
+    - `max_steps`: iteration cap.
+    - `preconditioner`: `r -> M^-1 r`, symmetric positive definite on the
+      range of `A` (for example `deflation(schur, v, gaps)`); `None`: none.
+    - `x0`: starting point (`None`: zero).
+    - `final_product`: `x -> (A x, aux)`, when given, makes the product of
+      the true final residual and something else from the same pass (the
+      normalised Schur complement's `mv_and_image`, whose `aux` the recovery
+      of the solution needs).
 
     **Returns:** `(x, stats)`, or `(x, stats, aux)` with `final_product`;
     `stats` has `num_steps`, `residual` (the true final `|b - A x| / |b|`, one
     extra product) and `converged` (true residual within twice the tolerance).
+    Turn it into a `lineax.RESULTS` with `cg_result(stats, max_steps)`.
     """
     precond = (lambda r: r) if preconditioner is None else preconditioner
     b_norm = jnp.linalg.norm(b)
@@ -113,6 +126,7 @@ def conjugate_gradient(
 class CGState(eqx.Module):
     """`CG`'s state: the operator (CG has no set-up)."""
 
+    made_by: ClassVar[str] = "CG"
     operator: HOperator
 
 
@@ -120,7 +134,7 @@ class CG(AbstractHSolver):
     """Conjugate gradients on the normalised Schur complement of the smaller side.
 
     Each step costs one streaming pass over the coupling (`Pt^T Pt z`, each
-    exp computed once; two on sharded clouds, see `_streaming.schur_apply`).
+    exp computed once; two on sharded clouds, see `_stream.engine.schur_apply`).
     The gauge (null vector) is projected out of every product; the solution
     returned is the minimum-norm one.
 
@@ -145,6 +159,7 @@ class CG(AbstractHSolver):
     rtol: float | None = None
     atol: float = 0.0
     max_steps: int = 1000
+    state_type = CGState
 
     def __check_init__(self):
         check_cg_options(self.rtol, self.atol, self.max_steps)
@@ -152,8 +167,8 @@ class CG(AbstractHSolver):
     def init(self, operator, options):
         return CGState(check_h_operator(operator))
 
-    def solve_split(self, state, r, s, pushed=None):
-        schur, r, s, b = reduced_system(state.operator, r, s, pushed)
+    def solve_split(self, state, r, s, options=None):
+        schur, r, s, b = reduced_system(state.operator, r, s, options)
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         z, stats, image = conjugate_gradient(
             schur.mv, b, rtol=rtol,

@@ -5,6 +5,8 @@ the matrix-free solvers are checked against, and the truncated-SVD
 regularisation of Li, Lu, Tao & Ye in its original, dense form.
 """
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
@@ -12,12 +14,13 @@ from jaxtyping import Array, Float
 
 from .operators import HOperator
 from .._core.sharding import auto_partitioned
-from .base import AbstractHSolver, check_h_operator, fix_gauge, project_range
+from .base import AbstractHSolver, check_h_operator, project_range
 
 
 class DenseState(eqx.Module):
     """`DenseSolver`'s state: the eigendecomposition of (normalised) H, truncated."""
 
+    made_by: ClassVar[str] = "DenseSolver"
     operator: HOperator
     evecs: Float[Array, "k k"]
     inv_evals: Float[Array, " k"]  # 0 on dropped directions
@@ -63,6 +66,7 @@ class DenseSolver(AbstractHSolver):
 
     threshold: float | None = None
     normalise: bool = eqx.field(static=True, default=False)
+    state_type = DenseState
 
     def __check_init__(self):
         if self.threshold is not None and not 0 <= self.threshold < 0.5:
@@ -84,12 +88,12 @@ class DenseSolver(AbstractHSolver):
         inv = jnp.where(keep, 1 / jnp.where(keep, evals, 1), 0)
         return DenseState(operator, evecs, inv, root)
 
-    def solve_split(self, state: DenseState, r, s, pushed=None):
+    def solve_split(self, state: DenseState, r, s, options=None):
         r, s = project_range(r, s)
         rhs = jnp.concatenate([r, s])
         sol = state.pinv(rhs)
         n = r.shape[0]
-        df, dg = fix_gauge(sol[:n], sol[n:])
+        df, dg = project_range(sol[:n], sol[n:])
         rhs_norm = jnp.linalg.norm(rhs)
         residual = jnp.linalg.norm(state.operator.mv(sol) - rhs)
         residual = residual / jnp.where(rhs_norm > 0, rhs_norm, 1)

@@ -8,7 +8,7 @@ eigenvalues are `1 - s_k^2` for the singular values `s_k` of `Pt`
 (`s_1 = 1`, null vector `sqrt(q)`). CG on `N` is CG on `S` with a Jacobi
 preconditioner; the spectral solvers work with `Pt` directly.
 
-`Pt^T Pt z` is one streaming pass (`_streaming.schur_apply`): the coupling
+`Pt^T Pt z` is one streaming pass (`_stream.engine.schur_apply`): the coupling
 `Q` is streamed with the larger side as its rows (`P` itself, or
 `Coupling.transpose()` when `m > n`), so each row block's `Q_b y` is
 complete in its block, `diag(1/p)` applies there, and `Q_b^T (Q_b y / p_b)`
@@ -21,11 +21,38 @@ from jaxtyping import Array, Float
 
 from .operators import CouplingOperator, HOperator
 from .._stream.engine import schur_apply
-from .base import fix_gauge, range_shift
+from .base import project_range, range_shift
+
+#: Key of lineax's `options` under which ot_matfree's derivative rules hand the
+#: solver `(Q^T (big / p), Q^T (1 / p))` for the right-hand side, computed in
+#: their own pass (`_stream.pair.schur_rhs`). Private: set by `share_pass`,
+#: read by `reduced_system`; not part of any public signature.
+_PUSHED = "ot_matfree:schur_rhs_pushed"
+
+
+def share_pass(pushed) -> dict:
+    """lineax `options` carrying `pushed` (the output of `schur_rhs`, or `None`)."""
+    return {} if pushed is None else {_PUSHED: pushed}
 
 
 class NormalisedSchur(eqx.Module):
-    """`N = I - Pt^T Pt` on the smaller side of an H-matrix (see module doc)."""
+    """`N = I - Pt^T Pt`, the normalised Schur complement of an H-matrix on its
+    smaller side, `Pt = diag(p)^-1/2 Q diag(q)^-1/2`.
+
+    Symmetric PSD with `|N| <= 1`, eigenvalues `1 - s_k^2` for the singular
+    values `s_k` of `Pt`, and null vector `sqrt(q)` (projected out of every
+    product). Build it with `NormalisedSchur.from_h(h_operator(coupling))`
+    (or `reduced_system`, which also reduces a right-hand side); CG on `N`
+    (`conjugate_gradient(schur.mv, b, ...)`) is CG on the Schur complement
+    with a Jacobi preconditioner. Each `mv` or `gram` is one streaming pass.
+
+    **Fields:**
+
+    - `q_op`: `Q`, the coupling oriented (larger side) x (smaller side), as a
+      `CouplingOperator`.
+    - `p`, `q`: the marginals of the larger and of the smaller side.
+    - `swapped`: `True` when the smaller side is the source `x` (`n < m`).
+    """
 
     q_op: CouplingOperator
     p: Float[Array, " big"]
@@ -34,6 +61,7 @@ class NormalisedSchur(eqx.Module):
 
     @classmethod
     def from_h(cls, operator: HOperator) -> "NormalisedSchur":
+        """`N` of the H-matrix `operator`, on whichever side is smaller."""
         n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
         if m <= n:
             return cls(operator.p, operator.a_hat, operator.b_hat, False)
@@ -52,9 +80,11 @@ class NormalisedSchur(eqx.Module):
         return z - jnp.vdot(u, z) * u
 
     def pt_mv(self, z: Float[Array, " small"]) -> Float[Array, " big"]:
+        """`Pt z` (one pass)."""
         return self.q_op.mv(z / jnp.sqrt(self.q)) / jnp.sqrt(self.p)
 
     def pt_rmv(self, w: Float[Array, " big"]) -> Float[Array, " small"]:
+        """`Pt^T w` (one pass)."""
         return self.q_op.T.mv(w / jnp.sqrt(self.p)) / jnp.sqrt(self.q)
 
     def _products(self, z: Float[Array, " small *k"]):
@@ -68,6 +98,7 @@ class NormalisedSchur(eqx.Module):
         return self._products(z)[1]
 
     def mv(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
+        """`N z`, the null vector projected out (one pass)."""
         return self.project(z - self.gram(z))
 
     def mv_and_image(self, z: Float[Array, " small"]):
@@ -109,19 +140,26 @@ class NormalisedSchur(eqx.Module):
         image = self.q_op.mv(d_small) if image is None else image
         d_big = (big - image) / self.p
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
-        return fix_gauge(df, dg)
+        return project_range(df, dg)
 
 
-def reduced_system(operator: HOperator, r: Float[Array, " n"], s: Float[Array, " m"], pushed=None):
+def reduced_system(
+    operator: HOperator, r: Float[Array, " n"], s: Float[Array, " m"],
+    options: dict | None = None,
+) -> tuple[NormalisedSchur, Float[Array, " n"], Float[Array, " m"], Float[Array, " small"]]:
     """`(schur, r, s, b)`: the normalised Schur complement of `operator`,
     `[r; s]` moved into H's range (`project_range`), and the reduced
-    right-hand side `b = schur.reduce(r, s)`.
+    right-hand side `b = schur.reduce(r, s)`, the system a Schur-based solver
+    iterates on. Recover `(df, dg)` from its solution `z` with
+    `schur.recover(z, r, s)`.
 
-    `pushed = (Q^T (big / p), Q^T (1 / p))` for the `[r; s]` given (the
-    caller's own pass, `_pair_reductions.schur_rhs`) replaces `reduce`'s
-    pass: moving into the range shifts `big` by a constant `c`, and
-    `Q^T ((big + c) / p) = Q^T (big / p) + c Q^T (1 / p)`.
+    `options`: the solver's lineax options (`solve_split`'s). When an
+    ot_matfree derivative rule computed `Q^T (big / p)` and `Q^T (1 / p)`
+    for this `[r; s]` in its own pass (`share_pass`), they replace
+    `reduce`'s pass: moving into the range shifts `big` by a constant `c`,
+    and `Q^T ((big + c) / p) = Q^T (big / p) + c Q^T (1 / p)`.
     """
+    pushed = None if options is None else options.get(_PUSHED)
     shift = range_shift(r, s)
     r, s = r - shift, s + shift
     schur = NormalisedSchur.from_h(operator)

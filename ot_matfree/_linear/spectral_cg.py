@@ -7,6 +7,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .base import cg_result, default_rtol
 from .schur import NormalisedSchur, reduced_system
+from .block_krylov import NUM_BLOCKS, OVERSAMPLE
 from .spectral import AbstractSpectralSolver, spectral_result
 from .cg import conjugate_gradient
 
@@ -68,12 +69,12 @@ class SpectralCG(AbstractSpectralSolver):
     rtol: float | None = None
     atol: float = 0.0
     max_steps: int = 1000
-    oversample: int = eqx.field(static=True, default=10)
-    num_blocks: int = eqx.field(static=True, default=8)
+    oversample: int = eqx.field(static=True, default=OVERSAMPLE)
+    num_blocks: int = eqx.field(static=True, default=NUM_BLOCKS)
     key: PRNGKeyArray | None = None
 
-    def solve_split(self, state, r, s, pushed=None):
-        schur, r, s, b = reduced_system(state.operator, r, s, pushed)
+    def solve_split(self, state, r, s, options=None):
+        schur, r, s, b = reduced_system(state.operator, r, s, options)
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         atol = jnp.maximum(self.atol, schur.rounding_level(r, s))

@@ -32,8 +32,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .base import cg_result, default_rtol, fix_gauge, project_range
+from .base import cg_result, default_rtol, project_range
 from .schur import NormalisedSchur
+from .block_krylov import NUM_BLOCKS, OVERSAMPLE
 from .spectral import AbstractSpectralSolver, spectral_result
 from .cg import conjugate_gradient
 from .spectral_cg import deflation
@@ -47,7 +48,7 @@ class TruncatedSVD(AbstractSpectralSolver):
     `<= threshold * lambda_max(Hn) = 2 * threshold`, i.e. the singular
     directions of `Pt` with `1 - s_i <= 2 * threshold`, among the `rank + 1`
     leading ones, and solves the rest with deflation-preconditioned CG (see
-    `ot_matfree/_solver/truncated_svd.py` for why the cut-off is defined on `Hn`). Matches
+    `ot_matfree/_linear/truncated_svd.py` for why the cut-off is defined on `Hn`). Matches
     `DenseSolver(threshold, normalise=True)` when every direction below the
     cut-off is among the computed ones (`stats["truncation_complete"]`).
 
@@ -73,15 +74,15 @@ class TruncatedSVD(AbstractSpectralSolver):
     rtol: float | None = None
     atol: float = 0.0
     max_steps: int = 1000
-    oversample: int = eqx.field(static=True, default=10)
-    num_blocks: int = eqx.field(static=True, default=8)
+    oversample: int = eqx.field(static=True, default=OVERSAMPLE)
+    num_blocks: int = eqx.field(static=True, default=NUM_BLOCKS)
     key: PRNGKeyArray | None = None
 
     def __check_init__(self):
         if not 0 <= self.threshold < 0.5:
             raise ValueError(f"`threshold` must be in [0, 0.5), got {self.threshold}.")
 
-    def solve_split(self, state, r, s, pushed=None):
+    def solve_split(self, state, r, s, options=None):
         r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(state.operator)
         spec = state.spectrum
@@ -125,7 +126,7 @@ class TruncatedSVD(AbstractSpectralSolver):
         w_big = rho_big - schur.pt_mv(z) + u @ coeff
         d_big, d_small = w_big / root_p, w_small / root_q
         df, dg = (d_small, d_big) if schur.swapped else (d_big, d_small)
-        df, dg = fix_gauge(df, dg)
+        df, dg = project_range(df, dg)
         num_truncated = jnp.sum(drop)
         stats["num_truncated"] = num_truncated
         stats["num_deflated"] = jnp.sum(keep)

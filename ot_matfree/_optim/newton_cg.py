@@ -7,7 +7,7 @@ losses: the Sinkhorn solves and the gradient pass) runs once, and the
 returned linear map is `v -> H v`. Every inner CG step of that outer
 iteration calls this map, so it reuses the same couplings: for `ot_cost` and
 `sinkhorn_divergence` one inner HVP costs one H-solve, never a Sinkhorn solve
-(`_streaming.stream` rematerialises its blocks, so the linearisation keeps
+(`_stream.engine.stream` rematerialises its blocks, so the linearisation keeps
 O((n + m) d) residuals, not n x m ones).
 """
 
@@ -21,7 +21,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from ._tree import tree_dot, tree_where
-from .steihaug import NewtonCGDescent, NewtonCGState, hessian_operator
+from .steihaug import NewtonCGDescent, NewtonCGDescentState, hessian_operator
 
 
 def _cauchy_termination(rtol, atol, norm, y, y_diff, f, f_diff) -> Bool[Array, ""]:
@@ -41,13 +41,18 @@ def _no_verbose(**fields) -> None:
     del fields
 
 
-class _NewtonCGState(eqx.Module):
+class NewtonCGState(eqx.Module):
+    """`NewtonCG`'s state between optimistix steps: the trial point `y_eval`
+    and what was known at the last accepted point (`f_info`, `aux`), the
+    line search's and the descent's states (`NewtonCGDescentState`), and the
+    counters behind `sol.stats`."""
+
     first_step: Bool[Array, ""]
     y_eval: PyTree[Array]
     search_state: Any
     f_info: optx.FunctionInfo.EvalGrad
     aux: Any
-    descent_state: NewtonCGState
+    descent_state: NewtonCGDescentState
     terminate: Bool[Array, ""]
     result: optx.RESULTS
     num_accepted_steps: Int[Array, ""]
@@ -189,10 +194,10 @@ class NewtonCG(optx.AbstractMinimiser):
                 f"`rtol` and `atol` must be >= 0 and not both 0, got {self.rtol}, {self.atol}."
             )
 
-    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _NewtonCGState:
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> NewtonCGState:
         f_info = optx.FunctionInfo.EvalGrad(jnp.zeros(f_struct.shape, f_struct.dtype), y)
         f_info_struct = jax.eval_shape(lambda: f_info)
-        return _NewtonCGState(
+        return NewtonCGState(
             first_step=jnp.array(True),
             y_eval=y,
             search_state=self.search.init(y, f_info_struct),
@@ -219,7 +224,7 @@ class NewtonCG(optx.AbstractMinimiser):
         grad_fn = lambda y: value_and_grad(y)[1]  # noqa: E731
         return f, grad, aux, lambda v: jax.jvp(grad_fn, (y_eval,), (v,))[1]
 
-    def step(self, fn, y, args, options, state: _NewtonCGState, tags):
+    def step(self, fn, y, args, options, state: NewtonCGState, tags):
         if self.warm_start is not None:
             args = self.warm_start(args, state.aux)
         f_eval, grad, aux_eval, hvp = self._evaluate(fn, state.y_eval, args)
@@ -282,7 +287,7 @@ class NewtonCG(optx.AbstractMinimiser):
             )
             jax.debug.callback(self.progress, info)
         prev_aux = tree_where(state.first_step, aux, state.aux)
-        new_state = _NewtonCGState(
+        new_state = NewtonCGState(
             first_step=jnp.array(False),
             y_eval=y_eval,
             search_state=search_state,
@@ -296,10 +301,10 @@ class NewtonCG(optx.AbstractMinimiser):
         )
         return y, new_state, prev_aux
 
-    def terminate(self, fn, y, args, options, state: _NewtonCGState, tags):
+    def terminate(self, fn, y, args, options, state: NewtonCGState, tags):
         return state.terminate, state.result
 
-    def postprocess(self, fn, y, aux, args, options, state: _NewtonCGState, tags, result):
+    def postprocess(self, fn, y, aux, args, options, state: NewtonCGState, tags, result):
         d = state.descent_state
         stats = dict(
             num_newton_steps=d.num_queries,

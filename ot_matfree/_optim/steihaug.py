@@ -28,8 +28,10 @@ from ._tree import tree_axpy, tree_dot, tree_scale, tree_where
 _EW_GAMMA, _EW_ETA0 = 0.9, 0.5
 
 
-class NewtonCGState(eqx.Module):
-    """Descent state: the last direction, forcing-term history and CG counters."""
+class NewtonCGDescentState(eqx.Module):
+    """`NewtonCGDescent`'s state: the last direction, the forcing-term history
+    and the inner CG counters (the minimiser's own state, `NewtonCGState`,
+    holds it as `descent_state`)."""
 
     direction: PyTree[Array]
     grad_norm: Scalar
@@ -123,11 +125,11 @@ class NewtonCGDescent(optx.AbstractDescent):
                 f"{self.max_steps}."
             )
 
-    def init(self, y, f_info_struct) -> NewtonCGState:
+    def init(self, y, f_info_struct) -> NewtonCGDescentState:
         del f_info_struct
         dtype = jnp.result_type(*jax.tree.leaves(y))
         zero_i = jnp.array(0)
-        return NewtonCGState(
+        return NewtonCGDescentState(
             direction=jax.tree.map(jnp.zeros_like, y),
             grad_norm=jnp.zeros((), dtype),
             eta=jnp.asarray(_EW_ETA0, dtype),
@@ -138,7 +140,7 @@ class NewtonCGDescent(optx.AbstractDescent):
             result=optx.RESULTS.successful,
         )
 
-    def forcing_term(self, grad_norm: Scalar, state: NewtonCGState) -> Scalar:
+    def forcing_term(self, grad_norm: Scalar, state: NewtonCGDescentState) -> Scalar:
         dtype = grad_norm.dtype
         if not isinstance(self.forcing, str):
             return jnp.asarray(self.forcing, dtype)
@@ -149,7 +151,7 @@ class NewtonCGDescent(optx.AbstractDescent):
         eta = jnp.minimum(eta, self.eta_max)
         return jnp.where(state.num_queries == 0, jnp.asarray(_EW_ETA0, dtype), eta)
 
-    def query(self, y, f_info, state: NewtonCGState) -> NewtonCGState:
+    def query(self, y, f_info, state: NewtonCGDescentState) -> NewtonCGDescentState:
         if not isinstance(f_info, optx.FunctionInfo.EvalGradHessian):
             raise ValueError("`NewtonCGDescent` needs `FunctionInfo.EvalGradHessian`.")
         grad, hessian = f_info.grad, f_info.hessian
@@ -161,7 +163,7 @@ class NewtonCGDescent(optx.AbstractDescent):
         result = optx.RESULTS.where(
             finite, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence
         )
-        return NewtonCGState(
+        return NewtonCGDescentState(
             direction=p,
             grad_norm=grad_norm,
             eta=eta,
@@ -172,7 +174,7 @@ class NewtonCGDescent(optx.AbstractDescent):
             result=result,
         )
 
-    def step(self, step_size: Scalar, state: NewtonCGState):
+    def step(self, step_size: Scalar, state: NewtonCGDescentState):
         return tree_scale(step_size, state.direction), state.result
 
 

@@ -6,7 +6,7 @@ blocks of `block` rows inside a `lax.scan`; a block holds `block x m` entries
 no n x m array is ever formed. Per-row results are stacked; per-column results
 are accumulated in the scan carry, so one pass yields both `P @ V` and `P^T @ U`.
 
-Sharded clouds (`Coupling.sharding`, see `_sharding.py`): inside
+Sharded clouds (`Coupling.sharding`, see `_core/sharding.py`): inside
 `jax.shard_map`, each of the `D` devices streams its own `n / D` rows against
 the other cloud, which travels round the ring of devices in `D` chunks of
 `m / D` points (`jax.lax.ppermute`). With every chunk travels its per-column
@@ -37,23 +37,43 @@ from .._core.coupling import TUNED_BYTES, Coupling
 from .._core.sharding import RowSharding
 
 #: How the per-row results of two column chunks combine (sharded streams), with
-#: the identity of the operation.
+#: the identity of the operation: `stream(..., merge=SUM)` for sums over columns,
+#: `merge=LOGSUMEXP` for log-sum-exps over columns.
 SUM = (jnp.add, 0.0)
 LOGSUMEXP = (jnp.logaddexp, -jnp.inf)
 
 
 class Block(eqx.Module):
-    """Rows `x`, `f` of a coupling against columns `y`, `g` (all of them, or one chunk)."""
+    """One block of a coupling, as `stream` hands it to a reduction's `block_fn`:
+    rows `x`, `f` against columns `y`, `g` (all of them, or one chunk of them
+    on a sharded coupling).
+
+    **Fields:**
+
+    - `x`, `f`: the block's rows (points and potential), `k` of them; the
+      last block is padded with copies of the last real row (so the cost is
+      only ever evaluated at real points).
+    - `y`, `g`: the columns.
+    - `valid`: `False` on the padded rows; the methods below give them zero
+      mass, and a reduction must keep their contributions to per-column
+      results at zero.
+    - `cost`, `epsilon`: the coupling's ground cost and regularisation.
+
+    `probs()` is the block of `P` (one `exp` per entry: call it once per block
+    and reuse it), `probs_and_cost()` also returns the cost block, `logits()`
+    the exponents.
+    """
 
     x: Float[Array, "k d"]
     f: Float[Array, " k"]
     y: Float[Array, "c d"]
     g: Float[Array, " c"]
-    valid: Bool[Array, " k"]  # False on the zero padding of the last block
+    valid: Bool[Array, " k"]  # False on the padding of the last block
     cost: AbstractCost
     epsilon: Float[Array, ""]
 
     def cost_matrix(self) -> Float[Array, "k c"]:
+        """The cost block `C_ij = c(x_i, y_j)`."""
         return self.cost.matrix(self.x, self.y)
 
     def logits(self) -> Float[Array, "k c"]:
@@ -82,11 +102,11 @@ def logits(
     (centred points, `SqEuclidean.centre`): the block is one matrix product
     plus a row and a column term, which XLA fuses with the `exp` into one
     loop. Forming `C` first and then `(f + g - C) / eps` costs a second
-    elementwise sweep over the block with more broadcast operands: `P @ v`
-    took 1.5x (quiet CPU) to 4.6x (loaded CPU) as long
-    (`benchmarks/block_sizes.py`, `benchmarks/README.md`).
-    Same value up to rounding; the row and column terms are formed once
-    per block and once per pass (loop invariant).
+    elementwise sweep over the block with more broadcast operands, which
+    makes `P @ v` slower by a factor that depends on the dtype and the load:
+    `benchmarks/block_sizes.py` measures both forms (its `apply k=1 (C
+    first)` row). Same value up to rounding; the row and column terms are
+    formed once per block and once per pass (loop invariant).
     """
     if isinstance(cost, SqEuclidean):
         x, y = SqEuclidean.centre(x, y)
@@ -105,11 +125,18 @@ def _scan_blocks(block_fn, consts, rows, cols, col_init, block):
     num_blocks = math.ceil(n / block)
     pad = num_blocks * block - n
 
-    def cut(leaf):
+    def cut(leaf, mode="constant"):
         widths = [(0, pad)] + [(0, 0)] * (leaf.ndim - 1)
-        return jnp.pad(leaf, widths).reshape(num_blocks, block, *leaf.shape[1:])
+        return jnp.pad(leaf, widths, mode=mode).reshape(num_blocks, block, *leaf.shape[1:])
 
-    blocked = jax.tree_util.tree_map(cut, (x, f, extra_rows))
+    # The padded rows repeat the last real point and potential, not zeros: the
+    # cost and its derivatives are then evaluated only at real points, so a
+    # cost that is NaN or not differentiable at the origin (an angular cost, a
+    # norm) cannot put `NaN * 0 = NaN` into a column sum, and the masked
+    # `P` of those rows (`Block.valid`) is an exact zero times finite values,
+    # also in JAX's derivatives of the pass. Other per-row inputs (tangents,
+    # weights) are zero-padded: they only ever meet the zero rows of `P`.
+    blocked = (cut(x, "edge"), cut(f, "edge"), jax.tree_util.tree_map(cut, extra_rows))
     valid = (jnp.arange(num_blocks * block) < n).reshape(num_blocks, block)
 
     def body(acc, blk):
@@ -182,7 +209,8 @@ def stream(
     """One streaming pass over the row blocks of `coupling`.
 
     `block_fn(blk, rows_block, cols_block) -> (row_out, col_out)`: `blk` is a
-    `Block` of rows (the last block zero-padded, `blk.valid` marks real rows)
+    `Block` of rows (the last block padded with copies of the last real row,
+    `blk.valid` marks real rows; per-row inputs `rows` are zero-padded)
     against columns `blk.y`, `blk.g`; `rows_block` has the leaves of `rows`
     (per-row arrays, leading dimension n; `None` leaves stay `None`) cut to the
     block, `cols_block` the leaves of `cols` (per-column arrays, leading
@@ -253,7 +281,7 @@ def schur_apply(
 ) -> tuple[Float[Array, " n *k"], Float[Array, " m *k"]]:
     """`(P z, P^T ((P z) * w))`, each block of `P` formed once.
 
-    The Schur-complement product of the H-solvers (`_solver/_schur.py`) on the
+    The Schur-complement product of the H-solvers (`_linear/schur.py`) on the
     coupling oriented (larger side) x (smaller side): a row block's `P_b z`
     is complete within the block (it sums over all columns), so
     `P_b^T ((P_b z) * w_b)` accumulates over the column side in the same
@@ -303,7 +331,7 @@ _TUNED_PASSES = {
 def autotune(coupling: Coupling, kind: str, *, repeats: int = 3) -> int:
     """Bytes per block for reductions of `kind` on couplings shaped like
     `coupling` (`block_size="auto"`): measured once, then cached in
-    `ot_matfree._coupling.TUNED_BYTES`.
+    `ot_matfree._core.coupling.TUNED_BYTES`.
 
     Times a pass of `kind` (`"logsumexp"`, `"apply"` or `"schur"`; others
     take the choice for `"apply"`) at each of `TUNE_CANDIDATES` rows per block
@@ -333,7 +361,9 @@ def autotune(coupling: Coupling, kind: str, *, repeats: int = 3) -> int:
         for block in candidates:
             c = Coupling(x, y, w / rows, v * 0 + 1 / m, w * 0, v * 0, jnp.ones((), dtype),
                          coupling.cost, block_size=block)  # P = exp(-C)
-            run = jax.jit(lambda c: _TUNED_PASSES[kind](c, v, w))
+            # `filter_jit`: the coupling's non-array leaves (a `FunctionCost`'s
+            # Python callable) are static, not arguments to trace.
+            run = eqx.filter_jit(lambda c: _TUNED_PASSES[kind](c, v, w))
             jax.block_until_ready(run(c))  # compile
             samples = []
             for _ in range(repeats):

@@ -8,8 +8,11 @@ Each block needs two kinds of per-pair quantities (`docs/math.md`,
   `sum_j W_ij grad_1 c_ij + P_ij (grad_11 c dx_i + grad_12 c dy_j)` per row,
   `sum_i W_ij grad_2 c_ij + P_ij (grad_21 c dx_i + grad_22 c dy_j)` per column.
 
-For a general cost they are evaluated pair by pair with `vmap` of
-`jax.grad` / `jax.jvp` (blocks of `k x m x d`). For the squared Euclidean
+For a general cost they are evaluated pair by pair with `vmap` (blocks of
+`k x m x d`): the first-order terms (`grad_1 c`, `grad_2 c`, `dC`) with
+`jax.grad` alone, so that gradients need reverse mode only (a cost with a
+`jax.custom_vjp` inside, such as ott-jax's `Bures`, has no forward mode), and
+the second-order terms of HVPs with `jax.jvp` of `jax.grad`. For the squared Euclidean
 cost, `grad_1 c = 2 (x_i - y_j) = -grad_2 c` and the second-order terms are
 `+-2 (dx_i - dy_j)`, so everything reduces to matrix products with thin
 matrices: no `k x m x d` array and far fewer flops.
@@ -29,17 +32,42 @@ from .._core.coupling import Coupling
 from .engine import marginals, stream
 
 
+def _grads_per_pair(cost: AbstractCost, xb, y):
+    """`grad_1 c` and `grad_2 c` per pair (`k x m x d` each), by reverse mode only.
+
+    First-order reductions (gradients, `dC`) use this and never forward mode:
+    a cost with a `jax.custom_vjp` inside (ott-jax's `Bures`,
+    `UnbalancedBures`) has no JVP, and they must work for it.
+    """
+    grads = jax.grad(cost, argnums=(0, 1))
+    return jax.vmap(lambda xi: jax.vmap(lambda yj: grads(xi, yj))(y))(xb)
+
+
 def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
-    """`grad_1 c`, `grad_2 c`, `dC` and the second-order tangent terms, per pair."""
+    """`grad_1 c`, `grad_2 c` and the second-order tangent terms
+    `(grad_11 c dx_i + grad_12 c dy_j, grad_21 c dx_i + grad_22 c dy_j)`, per
+    pair: forward over reverse (`jax.jvp` of `jax.grad`), for HVPs only."""
     grads = jax.grad(cost, argnums=(0, 1))
 
     def one(xi, yj, dxi, dyj):
         (g1, g2), (t1, t2) = jax.jvp(grads, (xi, yj), (dxi, dyj))
-        return g1, g2, jnp.vdot(g1, dxi) + jnp.vdot(g2, dyj), t1, t2
+        return g1, g2, t1, t2
 
-    return jax.vmap(lambda xi, dxi: jax.vmap(lambda yj, dyj: one(xi, yj, dxi, dyj))(y, dy))(
-        xb, dxb
-    )
+    try:
+        return jax.vmap(
+            lambda xi, dxi: jax.vmap(lambda yj, dyj: one(xi, yj, dxi, dyj))(y, dy)
+        )(xb, dxb)
+    except TypeError as err:
+        if "custom_vjp" not in str(err):
+            raise
+        raise TypeError(
+            f"Hessian-vector products need the cost's second derivatives, which "
+            f"ot_matfree takes as forward-over-reverse (`jax.jvp` of `jax.grad`); JAX "
+            f"cannot apply forward mode to a `jax.custom_vjp` function, and the cost "
+            f"{cost!r} contains one (as ott-jax's `Bures` and `UnbalancedBures` do). "
+            f"Gradients of such a cost work (reverse mode only); for HVPs, write the "
+            f"cost without `custom_vjp`, or give it a `jax.custom_jvp` rule instead."
+        ) from err
 
 
 def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
@@ -52,9 +80,13 @@ def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
         if dy is not None:
             dc = dc + (jnp.sum(y * dy, axis=1)[None, :] - xb @ dy.T)
         return 2 * dc
-    dxb = jnp.zeros_like(xb) if dxb is None else dxb
-    dy = jnp.zeros_like(y) if dy is None else dy
-    return _per_pair(cost, xb, y, dxb, dy)[2]
+    g1, g2 = _grads_per_pair(cost, xb, y)
+    dc = 0.0
+    if dxb is not None:
+        dc = dc + jnp.einsum("kmd,kd->km", g1, dxb)
+    if dy is not None:
+        dc = dc + jnp.einsum("kmd,md->km", g2, dy)
+    return dc
 
 
 def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
@@ -72,12 +104,11 @@ def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
             out_y = out_y + 2 * jnp.sum(p, axis=0)[:, None] * dy
         return out_x, out_y
     if p is None or (dxb is None and dy is None):
-        zx, zy = jnp.zeros_like(xb), jnp.zeros_like(y)
-        g1, g2, _, _, _ = _per_pair(cost, xb, y, zx, zy)
+        g1, g2 = _grads_per_pair(cost, xb, y)
         return jnp.einsum("km,kmd->kd", w, g1), jnp.einsum("km,kmd->md", w, g2)
     dxb = jnp.zeros_like(xb) if dxb is None else dxb
     dy = jnp.zeros_like(y) if dy is None else dy
-    g1, g2, _, t1, t2 = _per_pair(cost, xb, y, dxb, dy)
+    g1, g2, t1, t2 = _per_pair(cost, xb, y, dxb, dy)
     out_x = jnp.einsum("km,kmd->kd", w, g1) + jnp.einsum("km,kmd->kd", p, t1)
     out_y = jnp.einsum("km,kmd->md", w, g2) + jnp.einsum("km,kmd->md", p, t2)
     return out_x, out_y
@@ -153,10 +184,10 @@ def schur_rhs(
     `r = sum_j P_ij dC_ij + extra_r`, `s = sum_i P_ij dC_ij + extra_s` (as
     `tangent_marginals`; `None` terms are zero). With `Q` the coupling
     oriented (larger side) x (smaller side) (`P`, or `P^T` when `m > n`, as
-    in `_solver/_schur.py`), `big` the part of `[r; s]` on `Q`'s rows and
+    in `_linear/schur.py`), `big` the part of `[r; s]` on `Q`'s rows and
     `p` `Q`'s row marginal, also `pushed = (Q^T (big / p), Q^T (1 / p))`,
     which the reduction of the H-system to the smaller side would otherwise
-    compute in a pass of its own (`_solver._schur.reduced_system`). `Q` is
+    compute in a pass of its own (`_linear.schur.reduced_system`). `Q` is
     streamed with its rows as row blocks, so a block's `big` and `p` are
     complete within it and `Q_b^T [big_b / p_b, 1 / p_b]` accumulates over
     the smaller side in the same scan step.

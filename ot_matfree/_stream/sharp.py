@@ -1,6 +1,6 @@
 """Streaming reductions for the sharp Sinkhorn distance `<P, C>`.
 
-Same layer as `_pair_reductions.py`: each function is one streaming pass
+Same layer as `pair.py`: each function is one streaming pass
 over row blocks of the coupling, O((n + m) d + block * m) memory.
 Formulas: `docs/math.md`, "Sinkhorn distance gradient".
 """

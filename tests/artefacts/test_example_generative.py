@@ -1,4 +1,4 @@
-"""examples/generative_mlp.py runs end to end at its CI size and Newton-CG trains the MLP."""
+"""examples/6_generative_mlp.py runs end to end at its CI size and Newton-CG trains the MLP."""
 
 import pathlib
 import subprocess
@@ -15,9 +15,9 @@ def _row(out, method):
 
 
 def test_generative_mlp_quick(tmp_path):
-    png = tmp_path / "generative_mlp.png"
+    png = tmp_path / "6_generative_mlp.png"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "generative_mlp.py"), "--quick", "--out",
+        [sys.executable, str(ROOT / "examples" / "6_generative_mlp.py"), "--quick", "--out",
          str(png)], capture_output=True, text=True, timeout=600,
         env=smoke_env(),
     )

@@ -1,4 +1,4 @@
-"""`examples/gradient_flows.py --quick`: Newton-CG against gradient descent on
+"""`examples/2_gradient_flows.py --quick`: Newton-CG against gradient descent on
 the ott-jax tutorial's gradient flows, and the entropic bias of OT_eps."""
 
 import pathlib
@@ -26,8 +26,8 @@ def _tables(out: str) -> dict[str, dict[str, list[str]]]:
 
 
 def test_gradient_flows_quick(tmp_path):
-    png = tmp_path / "gradient_flows.png"
-    script = ROOT / "examples" / "gradient_flows.py"
+    png = tmp_path / "2_gradient_flows.png"
+    script = ROOT / "examples" / "2_gradient_flows.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--quick", "--out", str(png)],
         capture_output=True, text=True, timeout=600,

@@ -1,4 +1,4 @@
-"""The point-cloud registration example (Li et al. 6.2) runs end to end at its CI size."""
+"""examples/3_registration.py (point-cloud registration, Li et al. 6.2) runs at its CI size."""
 
 import pathlib
 import subprocess
@@ -15,9 +15,10 @@ def _final_loss(out, method):
 
 
 def test_registration_quick(tmp_path):
-    png = tmp_path / "registration.png"
+    png = tmp_path / "3_registration.png"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "registration.py"), "--quick", "--out", str(png)],
+        [sys.executable, str(ROOT / "examples" / "3_registration.py"), "--quick", "--out",
+         str(png)],
         capture_output=True, text=True, timeout=600, env=smoke_env(),
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -87,10 +87,9 @@ def test_hvp_raises_when_cg_stops_short(data, wrap):
         jax.block_until_ready(wrap(lambda v: om.hvp_x(coupling, v, linear_solver=cg))(x))
     with raises("H-matrix solve"):  # only one output of the joint HVP is used
         jax.block_until_ready(wrap(lambda v: om.hvp(coupling, dy=v, linear_solver=cg)[1])(y))
-    hv, stats = wrap(
-        lambda v: om.hvp_x(coupling, v, linear_solver=cg, return_stats=True, throw=False)
-    )(x)
-    assert stats["result"] == om.RESULTS.linear_solve_failed
+    sol = wrap(lambda v: om.hvp_x_solution(coupling, v, linear_solver=cg, throw=False))(x)
+    hv, stats = sol.value, sol.stats
+    assert sol.result == om.RESULTS.linear_solve_failed
     assert not bool(stats["converged"])
     exact = om.hvp_x(coupling, x)
     assert rel_err(hv, exact) > 1e-3  # the wrong answer that used to pass silently
@@ -102,8 +101,8 @@ def test_hvp_raises_on_a_non_converged_coupling(data, wrap):
     coupling = om.solve(x, y, a, b, epsilon=EPS, solver=SHORT, throw=False)
     with raises("coupling passed in did not converge"):
         jax.block_until_ready(wrap(lambda v: om.hvp_x(coupling, v))(x))
-    _, stats = wrap(lambda v: om.hvp_x(coupling, v, return_stats=True, throw=False))(x)
-    assert stats["result"] == om.RESULTS.coupling_not_converged
+    sol = wrap(lambda v: om.hvp_x_solution(coupling, v, throw=False))(x)
+    assert sol.result == om.RESULTS.coupling_not_converged
 
 
 def test_dense_hessian_raises_on_a_non_converged_coupling(data):

@@ -95,6 +95,5 @@ def test_non_finite_cost_derivatives_raise():
     ):
         with raises("derivative is not finite"):
             jax.block_until_ready(run())
-    _, stats = om.hvp_x(coupling, x, return_stats=True, throw=False)
-    assert stats["result"] == om.RESULTS.nonfinite_derivative
+    assert om.hvp_x_solution(coupling, x, throw=False).result == om.RESULTS.nonfinite_derivative
     assert not bool(jnp.all(jnp.isfinite(om.grad_x(coupling, throw=False))))

@@ -52,7 +52,8 @@ def test_hvp_x_matches_ott(n, m, d, epsilon):
     args, coupling = case(0, n, m, d, epsilon)
     v = tangents(0, n, m, d)[0]
     expected = ott_jvp_of_grad(epsilon, args, (v, *(jnp.zeros_like(t) for t in args[1:])))[0]
-    hv, stats = om.hvp_x(coupling, v, linear_solver=CG, return_stats=True)
+    sol = om.hvp_x_solution(coupling, v, linear_solver=CG)
+    hv, stats = sol.value, sol.stats
     assert rel_err(hv, expected) < RTOL
     assert bool(stats["converged"]) and stats["residual"] <= 2e-13
     assert 0 < int(stats["num_steps"]) <= min(n, m)
@@ -169,16 +170,36 @@ def test_block_size_does_not_change_hvp():
     assert rel_err(om.hvp_x(blocked, v, linear_solver=CG), om.hvp_x(coupling, v, linear_solver=CG)) < 1e-11
 
 
+def test_return_stats_is_deprecated_and_unchanged():
+    """0.2's `return_stats=True` still returns `(value, stats)`, the status in
+    `stats["result"]`, and warns naming the `*_solution` replacement."""
+    n, m, d = 12, 9, 2
+    _, coupling = case(0, n, m, d, 0.1)
+    dx, dy, da, db = tangents(0, n, m, d)
+    cg = om.CG(rtol=1e-14, max_steps=3)  # fails: the status must come through
+    sol = om.hvp_solution(coupling, dx, dy, da, db, linear_solver=cg, throw=False)
+    assert sol.result == om.RESULTS.linear_solve_failed
+    with pytest.warns(DeprecationWarning, match="hvp_solution"):
+        out, stats = om.hvp(coupling, dx, dy, da, db, linear_solver=cg, return_stats=True,
+                            throw=False)
+    assert stats["result"] == sol.result and int(stats["num_steps"]) == 3
+    assert all(bool(jnp.all(a == b)) for a, b in zip(out, sol.value))
+    with pytest.warns(DeprecationWarning, match="hvp_x_solution"):
+        hv, stats_x = om.hvp_x(coupling, dx, linear_solver=cg, return_stats=True, throw=False)
+    sol_x = om.hvp_x_solution(coupling, dx, linear_solver=cg, throw=False)
+    assert bool(jnp.all(hv == sol_x.value)) and stats_x["result"] == sol_x.result
+    assert set(stats_x) == {*sol_x.stats, "result"}
+
+
 def test_cg_iteration_cap_is_reported_and_finite():
     n, m, d = 60, 50, 2
     _, coupling = case(12, n, m, d, 0.01)
     v = tangents(12, n, m, d)[0]
-    hv, stats = om.hvp_x(
-        coupling, v, linear_solver=om.CG(rtol=1e-14, max_steps=2), return_stats=True, throw=False
-    )
+    sol = om.hvp_x_solution(coupling, v, linear_solver=om.CG(rtol=1e-14, max_steps=2), throw=False)
+    hv, stats = sol.value, sol.stats
     assert int(stats["num_steps"]) == 2
     assert not bool(stats["converged"])
-    assert stats["result"] == om.RESULTS.linear_solve_failed
+    assert sol.result == om.RESULTS.linear_solve_failed
     assert stats["residual"] > 1e-14
     assert jnp.all(jnp.isfinite(hv))
 
@@ -213,7 +234,7 @@ def test_float32_hvp_is_finite_and_close_to_float64():
     ref = om.hvp_x(c64, v, linear_solver=CG)
     x32, y32, a32, b32, v32 = (t.astype(jnp.float32) for t in (x, y, a, b, v))
     c32 = om.solve(x32, y32, a32, b32, epsilon=0.05, solver=om.Sinkhorn(tol=1e-5))
-    hv, stats = om.hvp_x(c32, v32, return_stats=True)
+    hv = om.hvp_x(c32, v32)
     assert hv.dtype == jnp.float32
     assert jnp.all(jnp.isfinite(hv))
     assert rel_err(hv.astype(jnp.float64), ref) < 1e-3
@@ -251,7 +272,8 @@ def test_float32_hvp_with_padded_blocks_is_finite():
     y = jax.random.uniform(ky, (n, d), jnp.float32)
     v = jax.random.normal(kv, (n, d), jnp.float32)
     coupling = om.solve(x, y, epsilon=0.05, solver=om.Sinkhorn(tol=1e-5))
-    hv, stats = om.hvp_x(coupling, v, return_stats=True)
+    sol = om.hvp_x_solution(coupling, v)
+    hv, stats = sol.value, sol.stats
     assert bool(stats["converged"])
     assert jnp.all(jnp.isfinite(hv))
     expected = 2 * jnp.sum(coupling.a[:, None] * v, axis=0)

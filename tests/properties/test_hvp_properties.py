@@ -85,16 +85,16 @@ def norm(t):
 
 def hvp_x(coupling, v):
     """`H_xx v` as a NumPy array; the H-solve must have converged."""
-    hv, stats = om.hvp_x(coupling, jnp.asarray(v), linear_solver=CG, return_stats=True)
-    assert stats["result"] == om.RESULTS.successful
-    return np.asarray(hv)
+    sol = om.hvp_x_solution(coupling, jnp.asarray(v), linear_solver=CG)
+    assert sol.result == om.RESULTS.successful
+    return np.asarray(sol.value)
 
 
 def hvp(coupling, t):
     """The joint HVP as a tuple of NumPy arrays; the H-solve must have converged."""
-    out, stats = om.hvp(coupling, *map(jnp.asarray, t), linear_solver=CG, return_stats=True)
-    assert stats["result"] == om.RESULTS.successful
-    return tuple(np.asarray(o) for o in out)
+    sol = om.hvp_solution(coupling, *map(jnp.asarray, t), linear_solver=CG)
+    assert sol.result == om.RESULTS.successful
+    return tuple(np.asarray(o) for o in sol.value)
 
 
 problems = st.tuples(

@@ -45,7 +45,7 @@ def test_sharded_equals_single_device():
 
 
 def test_sharded_hvp_example():
-    out = _run(ROOT / "examples" / "sharded_hvp.py", "--cpu-devices", "4", "--n", "64",
+    out = _run(ROOT / "examples" / "7_sharded_hvp.py", "--cpu-devices", "4", "--n", "64",
                "--m", "48", "--repeats", "1")
     assert "relative difference of hvp_x, 4 devices vs one" in out
     assert "spec P('points'" in out and "shards of shape [(16, 3)]" in out
@@ -57,7 +57,7 @@ def test_sharded_hvp_example_two_processes():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, str(ROOT / "examples" / "sharded_hvp.py"), "--cpu-devices", "2",
+    command = [sys.executable, str(ROOT / "examples" / "7_sharded_hvp.py"), "--cpu-devices", "2",
                "--n", "64", "--m", "48", "--repeats", "1", "--coordinator", f"127.0.0.1:{port}",
                "--num-processes", "2", "--process-id"]
     other = subprocess.Popen(command + ["1"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,

@@ -16,9 +16,9 @@ import ot_matfree as om
 from ot_matfree._forward import newton as _sinkhorn_newton
 
 from ..helpers import ott_output, problem
-from .test_sinkhorn_accel import check_variant, dense_marginal_error
+from .test_forward_accel import check_variant, dense_marginal_error
 
-#: Same shape as test_sinkhorn_accel's problem (one compilation per option).
+#: Same shape as test_forward_accel's problem (one compilation per option).
 N, M, D = 13, 11, 2
 NEWTON = {
     "plain entry": dict(momentum=None, newton=0.1),
@@ -34,9 +34,10 @@ def references():
     return (x, y, a, b), ott_output(x, y, a, b, 0.1), plain
 
 
-def test_default_iteration():
-    """`Sinkhorn()` is the default iteration; naming any option gives exactly
-    that option (the others off), so earlier call forms keep their meaning."""
+def test_options_compose():
+    """`Sinkhorn()` is adaptive momentum; every option not given keeps its
+    default, so `newton` and `epsilon_scaling` add to the default momentum,
+    and `anderson` replaces it (momentum then defaults to None)."""
     assert om.Sinkhorn() == om.Sinkhorn(momentum="adaptive")
     assert om.Sinkhorn(tol=1e-3).momentum == "adaptive"
     assert om.Sinkhorn().newton is None
@@ -45,12 +46,32 @@ def test_default_iteration():
     assert (plain.momentum, plain.anderson, plain.epsilon_scaling, plain.newton) == (
         None, None, None, None
     )
-    anderson = om.Sinkhorn(anderson=5)
-    assert anderson.momentum is None and anderson.newton is None
-    assert om.Sinkhorn(momentum="adaptive").newton is None
+    assert om.Sinkhorn(newton=0.1) == om.Sinkhorn(momentum="adaptive", newton=0.1)
+    assert om.Sinkhorn(epsilon_scaling=0.5) == om.Sinkhorn(momentum="adaptive",
+                                                           epsilon_scaling=0.5)
+    assert om.Sinkhorn(momentum=None, newton=0.1).momentum is None
+    anderson = om.Sinkhorn(anderson=5, newton=0.1)
+    assert anderson.momentum is None and anderson.newton == 0.1
+    assert om.Sinkhorn(anderson=5).newton is None
+    assert om.Sinkhorn(anderson=None).momentum == "adaptive"
+    with pytest.raises(ValueError, match="cannot be combined"):
+        om.Sinkhorn(anderson=5, momentum="adaptive")
     for bad in [dict(newton=0.0), dict(newton=-1.0), dict(newton=True), dict(newton="yes")]:
         with pytest.raises(ValueError, match="newton"):
             om.Sinkhorn(**bad)
+
+
+def test_step_objects():
+    """The options pick one step object of the Sinkhorn loop."""
+    from ot_matfree._forward import steps
+
+    assert isinstance(om.Sinkhorn().step, steps.AdaptiveMomentum)
+    assert isinstance(om.Sinkhorn(newton=0.1).step, steps.AdaptiveMomentum)
+    assert om.Sinkhorn(momentum=1.5).step == steps.FixedMomentum(1.5)
+    assert isinstance(om.Sinkhorn(momentum=None, epsilon_scaling=0.5).step, steps.PlainStep)
+    assert om.Sinkhorn(anderson=4).step == steps.AndersonStep(4)
+    with pytest.raises(TypeError):
+        steps.AbstractStep()
 
 
 #: CI runs the recommended entry; the other two are slow-marked (CI time).

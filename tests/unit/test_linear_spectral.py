@@ -96,9 +96,8 @@ def test_spectral_cg_equals_cg_and_dense(gaussian, rank):
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
     dense = om.hvp_x(gaussian, v, linear_solver=om.DenseSolver())
     solver, state = _prepared(om.SpectralCG(rank=rank, rtol=1e-12), gaussian)
-    out, stats = om.hvp_x(
-        gaussian, v, linear_solver=solver, solver_state=state, return_stats=True
-    )
+    sol = om.hvp_x_solution(gaussian, v, linear_solver=solver, solver_state=state)
+    out, stats = sol.value, sol.stats
     assert rel_err(out, dense) < 1e-8
     assert bool(stats["converged"])
     assert int(stats["num_deflated"]) == rank
@@ -109,9 +108,11 @@ def test_spectral_cg_equals_cg_and_dense(gaussian, rank):
 
 def test_spectral_cg_fewer_iterations(square):
     v = jax.random.normal(jax.random.PRNGKey(2), square.x.shape, jnp.float64)
-    ref, cg_stats = om.hvp_x(square, v, linear_solver=om.CG(rtol=1e-8), return_stats=True)
+    sol = om.hvp_x_solution(square, v, linear_solver=om.CG(rtol=1e-8))
+    ref, cg_stats = sol.value, sol.stats
     solver, state = _prepared(om.SpectralCG(rank=20, rtol=1e-8, num_blocks=4), square)
-    out, stats = om.hvp_x(square, v, linear_solver=solver, solver_state=state, return_stats=True)
+    sol = om.hvp_x_solution(square, v, linear_solver=solver, solver_state=state)
+    out, stats = sol.value, sol.stats
     assert rel_err(out, ref) < 1e-6
     assert bool(stats["converged"]) and bool(cg_stats["converged"])
     assert int(stats["num_steps"]) * 2 <= int(cg_stats["num_steps"])
@@ -133,9 +134,8 @@ def test_truncated_svd_matches_dense_on_circle(circle):
     # Uniform weights, n = m: H = Hn / n, both cut-off definitions agree.
     dense = om.hvp_x(circle, v, linear_solver=om.DenseSolver(threshold=tau))
     hess = om.hessian_x(circle, solver=om.DenseSolver(threshold=tau))
-    out, stats = om.hvp_x(
-        circle, v, linear_solver=om.TruncatedSVD(rank=20, threshold=tau), return_stats=True
-    )
+    sol = om.hvp_x_solution(circle, v, linear_solver=om.TruncatedSVD(rank=20, threshold=tau))
+    out, stats = sol.value, sol.stats
     assert bool(jnp.all(jnp.isfinite(out)))
     assert rel_err(out, dense) < 1e-8
     assert rel_err(out, jnp.einsum("iakb,kb->ia", hess, v)) < 1e-8
@@ -144,9 +144,8 @@ def test_truncated_svd_matches_dense_on_circle(circle):
     # Untruncated solves do not give the regularised answer, and CG stalls.
     plain = om.hvp_x(circle, v, linear_solver=om.DenseSolver())
     assert rel_err(plain, dense) > 1e-7
-    cg_out, cg_stats = om.hvp_x(
-        circle, v, linear_solver=om.CG(), return_stats=True, throw=False
-    )
+    sol = om.hvp_x_solution(circle, v, linear_solver=om.CG(), throw=False)
+    cg_out, cg_stats = sol.value, sol.stats
     assert not bool(cg_stats["converged"]) or rel_err(cg_out, dense) > 1e-7
 
 
@@ -155,9 +154,8 @@ def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
     tau = 2e-3  # drops a few directions of this well-conditioned problem
     solver, state = _prepared(om.TruncatedSVD(rank=10, threshold=tau), gaussian)
-    out, stats = om.hvp_x(
-        gaussian, v, linear_solver=solver, solver_state=state, return_stats=True
-    )
+    sol = om.hvp_x_solution(gaussian, v, linear_solver=solver, solver_state=state)
+    out, stats = sol.value, sol.stats
     dense = om.hvp_x(gaussian, v, linear_solver=om.DenseSolver(threshold=tau, normalise=True))
     assert int(stats["num_truncated"]) > 1
     assert rel_err(out, dense) < 1e-8
@@ -175,7 +173,7 @@ def test_float32_finite(solver):
     # float32 Sinkhorn stagnates at a marginal error of 1.6e-6 here: tol 1e-5.
     coupling = om.solve(x, y, a, b, epsilon=0.01, solver=om.Sinkhorn(tol=1e-5))
     v = jax.random.normal(jax.random.PRNGKey(1), x.shape, jnp.float32)
-    out, stats = om.hvp_x(coupling, v, linear_solver=solver, return_stats=True)
+    out = om.hvp_x(coupling, v, linear_solver=solver)
     assert out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
     x64, y64, a64, b64 = (z.astype(jnp.float64) for z in (x, y, a, b))
@@ -206,9 +204,8 @@ def test_spectral_cg_survives_gaps_at_rounding_level():
     v = jax.random.normal(kv, x.shape)
     ref = om.hvp_x(coupling, v, linear_solver=om.DenseSolver(), throw=False)
     solver, state = _prepared(om.SpectralCG(rank=20, max_steps=5000), coupling)
-    hv, stats = om.hvp_x(
-        coupling, v, linear_solver=solver, solver_state=state, return_stats=True, throw=False
-    )
-    assert stats["result"] == om.RESULTS.coupling_not_converged
+    sol = om.hvp_x_solution(coupling, v, linear_solver=solver, solver_state=state, throw=False)
+    hv, stats = sol.value, sol.stats
+    assert sol.result == om.RESULTS.coupling_not_converged
     assert bool(stats["converged"])
     assert float(jnp.linalg.norm(hv - ref) / jnp.linalg.norm(ref)) < 1e-6

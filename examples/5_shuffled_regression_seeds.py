@@ -1,6 +1,6 @@
 """Shuffled regression (Li et al. 6.1): which minimum do the methods reach, over draws of W0?
 
-`shuffled_regression.py --paper` starts from one draw `W0 = W + N(0, 1)` and
+`4_shuffled_regression.py --paper` starts from one draw `W0 = W + N(0, 1)` and
 every converged method ends in a local minimum whose loss is above the loss
 at the true `W`. This study keeps the data (`make_problem`'s seed 0) and
 draws `W0` again `--draws` times (start seeds 1, 2, ...). For each draw:
@@ -22,11 +22,12 @@ code does (scikit-learn's `make_blobs`). Sinkhorn runs at tolerance
 `--tol` (default 1e-4; the paper's code uses 0.01 / n^0.33 = 1.3e-3): at
 tolerance 1e-6 one solve at a blobs `W0` takes ~95,000 iterations.
 
-    python examples/shuffled_regression_seeds.py --means normal
-    python examples/shuffled_regression_seeds.py --means blobs
+    python examples/5_shuffled_regression_seeds.py --means normal
+    python examples/5_shuffled_regression_seeds.py --means blobs
 """
 
 import argparse
+import importlib
 import os
 import time
 
@@ -37,9 +38,12 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import optimistix as optx  # noqa: E402
 from _second_order import capped_cost  # noqa: E402
-from shuffled_regression import EPSILON, make_problem  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
+
+# `4_shuffled_regression` is not an identifier: import it by name.
+_shuffled = importlib.import_module("4_shuffled_regression")
+EPSILON, make_problem = _shuffled.EPSILON, _shuffled.make_problem
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SGD_STEPS, SGD_BATCH, LR = 10, 100, 1e-3
@@ -85,6 +89,8 @@ def main():
     parser.add_argument("--gd-steps", type=int, default=100)
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--out", default=None, help="output path (default: examples/outputs/"
+                        "5_shuffled_regression_seeds_MEANS_output.txt)")
     args = parser.parse_args()
     log = []
 
@@ -125,7 +131,9 @@ def main():
     say(f"in the true basin, of {args.draws} draws: Newton-CG {counts['newton']}, "
         f"10 SGD + Newton-CG {counts['sgd']}, gradient descent's end point {counts['gd']}; "
         f"{time.perf_counter() - start:.0f} s in all (compilation included)")
-    with open(os.path.join(HERE, f"shuffled_regression_seeds_{args.means}_output.txt"), "w") as f:
+    out = args.out or os.path.join(HERE, "outputs",
+                                   f"5_shuffled_regression_seeds_{args.means}_output.txt")
+    with open(out, "w") as f:
         f.write("\n".join(log) + "\n")
 
 

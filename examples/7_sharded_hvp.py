@@ -7,12 +7,12 @@ one-axis mesh (all devices of all processes); the script prints the times
 two HVPs and how the output is placed. See docs/sharding.md.
 
     # one host: every accelerator, or CPU devices forced on this host
-    python examples/sharded_hvp.py
-    python examples/sharded_hvp.py --cpu-devices 4
+    python examples/7_sharded_hvp.py
+    python examples/7_sharded_hvp.py --cpu-devices 4
 
     # several hosts (or processes): the same command on each, process ids 0 .. N-1
-    python examples/sharded_hvp.py --coordinator HOST0:1234 --num-processes 2 --process-id 0
-    python examples/sharded_hvp.py --coordinator HOST0:1234 --num-processes 2 --process-id 1
+    python examples/7_sharded_hvp.py --coordinator HOST0:1234 --num-processes 2 --process-id 0
+    python examples/7_sharded_hvp.py --coordinator HOST0:1234 --num-processes 2 --process-id 1
 
 With `--cpu-devices` the devices are slices of the same CPU, so the sharded
 run is not faster (the cores are shared): use it to check the code path, and
@@ -93,10 +93,8 @@ def main(argv=None):
         coupling, t_solve = median_seconds(
             lambda: om.solve(x, y, epsilon=args.epsilon, solver=solver), args.repeats
         )
-        (hv, stats), t_hvp = median_seconds(
-            lambda: om.hvp_x(coupling, v, return_stats=True), args.repeats
-        )
-        return hv, (t_solve, t_hvp, int(stats["num_steps"]))
+        sol, t_hvp = median_seconds(lambda: om.hvp_x_solution(coupling, v), args.repeats)
+        return sol.value, (t_solve, t_hvp, int(sol.stats["num_steps"]))
 
     # The reference: the whole problem on this process's first device.
     local = jax.local_devices()[0]

@@ -20,7 +20,7 @@ Every method is compiled ahead of time (`.lower(...).compile()`), then run
 once and timed (wall-clock time of that run; per-iteration times are host
 timestamps taken through `jax.debug.callback`, so they include the callback
 overhead; the runners are in `_second_order.py`, shared with
-`registration.py`). Losses, HVPs and parameter errors are printed as a table,
+`3_registration.py`). Losses, HVPs and parameter errors are printed as a table,
 and loss against iteration and against wall time is saved as a figure. In the traces an
 iteration is one gradient step, one SGD step, or one solver step (for
 Newton-CG with Armijo and BFGS a rejected trial point counts as a step, so
@@ -36,11 +36,11 @@ docs/forward_solvers.md recommends for loops over one shape: 1.2 s at `W0`,
 `benchmarks/shuffled_solver_cost.py`) for every method alike, with the
 paper's 2,000 gradient-descent and Adam steps (`--gd-steps`). Its start is
 the seed study's first draw (`--start-seed 1`), a typical one: from each of
-the 8 draws of `shuffled_regression_seeds.py`, Newton-CG reaches the true
+the 8 draws of `5_shuffled_regression_seeds.py`, Newton-CG reaches the true
 basin. The data's own key (`--start-seed data`, the default without
 `--paper`) is the rare bad draw at this epsilon, whose basin holds a
 spurious local minimum; its earlier output is
-`shuffled_regression_paper_datakey_output.txt`.
+`outputs/4_shuffled_regression_paper_datakey_output.txt`.
 
 Line-search trial points (Newton-CG with Armijo, BFGS) may lie far out where
 Sinkhorn needs many iterations: they are evaluated with a probe solve capped
@@ -50,9 +50,9 @@ itself, which every method must accept, is never cut off (with a fixed
 2,000-iteration cap it was, at `--paper --start-seed 1`: `NewtonCG` reports
 `+inf` at an accepted point as a divergence, and stopped there).
 
-    python examples/shuffled_regression.py --n 200 --epsilon 0.5   # committed output
-    python examples/shuffled_regression.py --paper   # n = 500, eps = 0.05, tol 1e-6 (committed)
-    python examples/shuffled_regression.py --quick   # n = 60, few iterations (smoke test)
+    python examples/4_shuffled_regression.py --n 200 --epsilon 0.5   # committed output
+    python examples/4_shuffled_regression.py --paper   # n = 500, eps = 0.05, tol 1e-6 (committed)
+    python examples/4_shuffled_regression.py --quick   # n = 60, few iterations (smoke test)
 """
 
 import argparse
@@ -82,6 +82,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ot_matfree as om  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUTPUTS = os.path.join(HERE, "outputs")
 EPSILON = 0.05
 STDS = (0.3, 0.05, 0.6)
 
@@ -154,15 +155,15 @@ def main():
     parser.add_argument("--start-seed", type=start_seed, default=None,
                         help="draw W0 = W + N(0, 1) from this seed, or 'data' for the data's "
                         "key (default: 1 with --paper, 'data' otherwise; see "
-                        "shuffled_regression_seeds.py)")
+                        "5_shuffled_regression_seeds.py)")
     parser.add_argument("--sinkhorn-newton", type=float, default=None,
                         help="Sinkhorn(newton=...): Newton steps on the dual below this "
                         "marginal error, for every method (default 0.1 with --paper, off "
                         "otherwise; 0 turns it off)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="default 0.05 (the paper's); 0.5 with --quick")
-    parser.add_argument("--out", default=None, help="PNG path (default: examples/"
-                        "shuffled_regression.png; with --quick, the temporary directory)")
+    parser.add_argument("--out", default=None, help="PNG path (default: examples/outputs/"
+                        "4_shuffled_regression.png; with --quick, the temporary directory)")
     args = parser.parse_args()
     log = []
 
@@ -181,10 +182,11 @@ def main():
     steps = args.gd_steps or (100 if args.quick else 2_000)
     default_start = 1 if args.paper else "data"
     start = default_start if args.start_seed is None else args.start_seed
-    name = "shuffled_regression_paper" if args.paper else "shuffled_regression"
+    name = "4_shuffled_regression_paper" if args.paper else "4_shuffled_regression"
     if start != default_start:
         name += "_datakey" if start == "data" else f"_start{start}"
-    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE, name + ".png")
+    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else OUTPUTS,
+                                   name + ".png")
     x, y, w, w0 = make_problem(n, start_seed=None if start == "data" else start)
     # The start must pass the trial cap: it is accepted whatever its value.
     start_iters = int(jax.jit(
@@ -201,7 +203,7 @@ def main():
         say("(at this setting the data key's W0 is the rare bad draw, in the basin of a "
             "spurious local minimum; from each of the 8 draws of the seed study, start seeds "
             "1 to 8, Newton-CG reaches the true basin: "
-            "shuffled_regression_seeds_normal_output.txt)")
+            "examples/outputs/5_shuffled_regression_seeds_normal_output.txt)")
     iteration = ("adaptive momentum" + (f", Newton steps on the dual below {dual_newton:g}"
                                         if dual_newton else ""))
     say(f"n = {n}, d_X = 5, d_Y = 2, epsilon = {EPSILON}, cluster stds {STDS}, "
@@ -221,23 +223,23 @@ def main():
     sgd = dict(key=key, batch_size=min(100, n), learning_rate=1e-3, max_sgd_steps=10)
     echo = None if args.quick else lambda line: print(line, file=sys.stderr, flush=True)
     runs = [
-        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, w0,
+        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, (x, y), w0,
                    newton_search=optx.LearningRate(0.5), rtol=rtol, max_steps=max_newton,
                    sgd=sgd, echo=echo),
-        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, w0,
+        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, (x, y), w0,
                    newton_search=optx.BacktrackingArmijo(), rtol=rtol, max_steps=max_newton,
                    echo=echo),
-        run_first_order("gradient descent (lr 1e-3)", loss, x, y, w0, optax.sgd(1e-3), steps,
+        run_first_order("gradient descent (lr 1e-3)", loss, (x, y), w0, optax.sgd(1e-3), steps,
                         echo=echo),
-        run_first_order("Adam (lr 1e-2)", loss, x, y, w0, optax.adam(1e-2), steps, echo=echo),
-        run_bfgs(loss, trial_loss, x, y, w0, rtol=rtol, max_steps=30 if args.quick else 500,
+        run_first_order("Adam (lr 1e-2)", loss, (x, y), w0, optax.adam(1e-2), steps, echo=echo),
+        run_bfgs(loss, trial_loss, (x, y), w0, rtol=rtol, max_steps=30 if args.quick else 500,
                  echo=echo),
     ]
     gd = runs[2]
     target = gd["losses"][-1]
     norm_w = float(jnp.linalg.norm(w))
     error = lambda v: float(jnp.linalg.norm(v - w)) / norm_w  # noqa: E731
-    say(results_table(runs, loss, error, x, y, target, "rel. error of W_hat"))
+    say(results_table(runs, error, target, "rel. error of W_hat"))
     sgdn = runs[0]
     say(f"SGD-Newton: {sgdn['sgd_steps']} SGD steps + {sgdn['newton_steps']} relaxed Newton "
           f"steps; iterations count SGD and Newton steps (one gradient or one Newton step "
@@ -259,7 +261,7 @@ def main():
     fig.savefig(out, dpi=80)
     say(f"figure: {os.path.relpath(out)}")
     if not args.quick and args.out is None:
-        with open(os.path.join(HERE, name + "_output.txt"), "w") as f:
+        with open(os.path.join(OUTPUTS, name + "_output.txt"), "w") as f:
             f.write("\n".join(log) + "\n")
 
 

@@ -20,19 +20,19 @@ array leaves (`eqx.partition`), a pytree that every optimiser below takes as is:
 - plain gradient descent.
 
 Each method is compiled ahead of time (`.lower(...).compile()`), then run
-and timed, with the loss against wall time recorded through `jax.debug.callback`.
+and timed, with the loss against wall time recorded through `jax.debug.callback`
+(the runners are those of `_second_order.py`).
 The table gives iterations, HVPs, wall time, final loss, and each first-order
 method's loss at the moment Newton-CG stopped; the figure shows loss against
 wall time and the samples against the target.
 
-    python examples/generative_mlp.py            # committed output (~15 min on 2 loaded cores)
-    python examples/generative_mlp.py --quick    # small sizes, the CI test
+    python examples/6_generative_mlp.py            # committed output (~15 min on 2 loaded cores)
+    python examples/6_generative_mlp.py --quick    # small sizes, the CI test
 """
 
 import argparse
 import os
 import tempfile
-import time
 
 import jax
 
@@ -48,9 +48,10 @@ import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import ot_matfree as om  # noqa: E402
-from _second_order import Recorder  # noqa: E402  (the same trace as the regression example)
+from _second_order import first_reach, run_first_order, run_newton  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUTPUTS = os.path.join(HERE, "outputs")
 
 
 def eight_gaussians(key, n: int):
@@ -108,63 +109,6 @@ def trial_loss(params, problem: Problem):
                         lambda: jnp.array(jnp.inf, problem.x.dtype))
 
 
-def run_first_order(name, problem, params0, optimiser, steps):
-    """`steps` iterations of an optax optimiser, in one jitted `lax.scan`."""
-    value_and_grad = jax.value_and_grad(loss)
-
-    @eqx.filter_jit
-    def solve(params0, problem):
-        def body(carry, _):
-            params, state = carry
-            value, g = value_and_grad(params, problem)
-            jax.debug.callback(recorder, value)  # loss at the iterate before this step
-            updates, state = optimiser.update(g, state, params)
-            return (optax.apply_updates(params, updates), state), None
-
-        init = (params0, optimiser.init(params0))
-        (params, _), _ = jax.lax.scan(body, init, None, length=steps)
-        return params
-
-    recorder = Recorder()
-    solve = solve.lower(params0, problem).compile()
-    recorder.reset()
-    params = jax.block_until_ready(solve(params0, problem))
-    seconds = time.perf_counter() - recorder.start
-    recorder.losses.append(float(eqx.filter_jit(loss)(params, problem)))
-    recorder.times.append(seconds)
-    return dict(name=name, params=params, iterations=steps, hvps=None, seconds=seconds,
-                losses=recorder.losses, times=recorder.times)
-
-
-def run_newton(problem, params0, *, max_steps, cg_max_steps):
-    recorder = Recorder()
-    newton = om.NewtonCG(1e-6, 1e-6, cg_max_steps=cg_max_steps,
-                         progress=lambda info: recorder(info["loss"]))
-
-    @eqx.filter_jit
-    def solve(params0, problem):
-        return optx.minimise(trial_loss, newton, params0, problem, max_steps=max_steps,
-                             throw=False)
-
-    solve = solve.lower(params0, problem).compile()
-    recorder.reset()
-    sol = solve(params0, problem)
-    jax.block_until_ready(sol.value)
-    seconds = time.perf_counter() - recorder.start
-    final = float(eqx.filter_jit(loss)(sol.value, problem))  # raises if the solve fails
-    # `progress` reports at step k the loss of the point evaluated there,
-    # rejected trial points included: the loss of the last accepted point is
-    # the running minimum. Drop the first report (the initial loss, prepended
-    # by `main`) and end with the final iterate.
-    running = jnp.minimum.accumulate(jnp.asarray(recorder.losses[1:] + [final]))
-    stats = {k: int(v) for k, v in sol.stats.items()}
-    return dict(name="Newton-CG (ours, Armijo)", params=sol.value,
-                iterations=stats["num_newton_steps"], hvps=stats["num_hvps"],
-                seconds=seconds, losses=[float(v) for v in running],
-                times=recorder.times[1:] + [seconds], raw=recorder.losses, stats=stats,
-                result=sol.result)
-
-
 def loss_at(run, seconds):
     """The last loss that `run` had recorded by `seconds` (its initial loss before that)."""
     value = run["losses"][0]
@@ -173,11 +117,6 @@ def loss_at(run, seconds):
             break
         value = v
     return value
-
-
-def first_reach(run, target):
-    """Seconds at which `run`'s trace first reaches `target` (or None)."""
-    return next((t for v, t in zip(run["losses"], run["times"]) if v <= target), None)
 
 
 def main():
@@ -192,15 +131,15 @@ def main():
     parser.add_argument("--first-order-steps", type=int, default=None)
     parser.add_argument("--adam-lr", type=float, default=1e-2)
     parser.add_argument("--gd-lr", type=float, default=1e-1)
-    parser.add_argument("--out", default=None, help="PNG path (default: examples/"
-                        "generative_mlp.png; with --quick, the temporary directory)")
+    parser.add_argument("--out", default=None, help="PNG path (default: examples/outputs/"
+                        "6_generative_mlp.png; with --quick, the temporary directory)")
     args = parser.parse_args()
     n = args.n or (120 if args.quick else 500)
     width = args.width or (8 if args.quick else 32)
     newton_steps = args.newton_steps or (15 if args.quick else 25)
     steps = args.first_order_steps or (60 if args.quick else 250)
-    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE,
-                                   "generative_mlp.png")
+    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else OUTPUTS,
+                                   "6_generative_mlp.png")
     log = []
 
     def say(*parts):
@@ -223,13 +162,13 @@ def main():
     l0 = float(eqx.filter_jit(loss)(params0, problem))
     say(f"initial loss {l0:.6f}")
 
-    runs = [run_newton(problem, params0, max_steps=newton_steps, cg_max_steps=args.cg_steps),
-            run_first_order(f"Adam (lr {args.adam_lr:g})", problem, params0,
+    runs = [run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, (problem,), params0,
+                       newton_search=optx.BacktrackingArmijo(), rtol=1e-6,
+                       max_steps=newton_steps, cg_max_steps=args.cg_steps),
+            run_first_order(f"Adam (lr {args.adam_lr:g})", loss, (problem,), params0,
                             optax.adam(args.adam_lr), steps),
-            run_first_order(f"gradient descent (lr {args.gd_lr:g})", problem, params0,
+            run_first_order(f"gradient descent (lr {args.gd_lr:g})", loss, (problem,), params0,
                             optax.sgd(args.gd_lr), steps)]
-    runs[0]["losses"].insert(0, l0)
-    runs[0]["times"].insert(0, 0.0)
     newton = runs[0]
     header = (f"| {'method':<28} | iterations | HVPs | wall time (s) | final loss | "
               f"loss at Newton-CG's time | time (s) to Newton-CG's final loss |")
@@ -237,7 +176,7 @@ def main():
     for run in runs:
         hvps = "-" if run["hvps"] is None else str(run["hvps"])
         at_newton = loss_at(run, newton["seconds"])
-        reach = first_reach(run, run_final(newton))
+        reach = first_reach(run, run_final(newton))[1]
         reach = "not reached" if reach is None else f"{reach:.2f}"
         lines.append(f"| {run['name']:<28} | {run['iterations']:>10} | {hvps:>4} | "
                      f"{run['seconds']:>13.2f} | {run_final(run):>10.6f} | "
@@ -256,7 +195,7 @@ def main():
     plot(runs, problem, out, f"{name}, eps = {args.epsilon}, n = m = {n}, {size} parameters")
     say(f"figure: {os.path.relpath(out)}")
     if not args.quick and args.out is None:
-        with open(os.path.join(HERE, "generative_mlp_output.txt"), "w") as f:
+        with open(os.path.join(OUTPUTS, "6_generative_mlp_output.txt"), "w") as f:
             f.write("\n".join(log) + "\n")
 
 
@@ -274,7 +213,7 @@ def plot(runs, problem, out, title):
     axes[0].set_ylabel("loss")
     axes[0].legend(fontsize=8)
     for ax, run in zip(axes[1:], runs):
-        y = problem.samples(run["params"])
+        y = problem.samples(run["w"])
         ax.scatter(*problem.x.T, s=4, c="grey", alpha=0.5, label="target X")
         ax.scatter(*y.T, s=4, c="C3", label="g(Z)")
         ax.set_title(f"{run['name']}: loss {run_final(run):.4f}", fontsize=9)

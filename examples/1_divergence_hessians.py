@@ -16,8 +16,8 @@ Sinkhorn loop or by implicit differentiation. Here:
    (`jax.jvp(jax.grad(...))`); the dense Hessians (ott-jax's route) would be
    2,000 x 2,000 and 2,000 x 3 x 2,000 x 3 and need one solve per column.
 
-    python examples/divergence_hessians.py          # full study (a few minutes on 2 cores)
-    python examples/divergence_hessians.py --ci     # small sizes, no ott unrolled, < 60 s
+    python examples/1_divergence_hessians.py          # full study (a few minutes on 2 cores)
+    python examples/1_divergence_hessians.py --ci     # small sizes, no ott unrolled, < 60 s
 """
 
 import argparse
@@ -42,6 +42,7 @@ from ott.tools import sinkhorn_divergence as ott_sd  # noqa: E402
 import ot_matfree as om  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUTPUTS = os.path.join(HERE, "outputs")
 TOL = 1e-12
 
 
@@ -221,12 +222,12 @@ def main():
     parser.add_argument("--ci", "--small", action="store_true", dest="ci",
                         help="small sizes and few repeats (< 60 s)")
     parser.add_argument("--large-n", type=int, default=None, help="size of the HVP-only study")
-    parser.add_argument("--out", default=None, help="PNG path (default: examples/"
-                        "divergence_hessians.png; with --ci, the temporary directory)")
+    parser.add_argument("--out", default=None, help="PNG path (default: examples/outputs/"
+                        "1_divergence_hessians.png; with --ci, the temporary directory)")
     args = parser.parse_args()
     repeats = 3 if args.ci else 7
-    out_dir = tempfile.gettempdir() if args.ci else HERE
-    out = args.out or os.path.join(out_dir, "divergence_hessians.png")
+    out_dir = tempfile.gettempdir() if args.ci else OUTPUTS
+    out = args.out or os.path.join(out_dir, "1_divergence_hessians.png")
     large_n = args.large_n or (200 if args.ci else 2_000)
     print(f"jax {jax.__version__} on {jax.devices()[0]}")
     epsilon = small_study(repeats, out, unrolled=not args.ci)

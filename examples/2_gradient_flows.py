@@ -21,10 +21,10 @@ Three methods per loss, side by side:
 
 The Sinkhorn solves on the iterates raise if they fail; only Armijo's trial
 points are evaluated with `throw=False` (the search rejects them; every final
-point is re-evaluated with the raising loss), as in `shuffled_regression.py`.
+point is re-evaluated with the raising loss), as in `4_shuffled_regression.py`.
 Each method is compiled ahead of time, run once to warm up and timed on a second
 run (the large part: one run); per-iteration times are host timestamps taken
-through `jax.debug.callback`. An iteration is one
+through `jax.debug.callback` (the runners are those of `_second_order.py`). An iteration is one
 gradient step or one loss evaluation of Newton-CG (an Armijo trial point that is
 rejected counts, so "iterations to reach GD's final loss" is an upper bound).
 The distance to the target is the exact W2 between the clouds (an assignment
@@ -36,10 +36,10 @@ tol 1e-5 with adaptive momentum): a few gradient steps (the same time step per
 point, lr = 0.2 n / 25) and a few Newton-CG steps, with the time per step, HVPs,
 CG steps, Sinkhorn iterations and the process's peak RSS.
 
-    python examples/gradient_flows.py                # both parts (the recorded output)
-    python examples/gradient_flows.py --part small   # the 25 / 50-point flows (minutes)
-    python examples/gradient_flows.py --quick        # small part, 150 gradient steps, no
-                                                     # full-step Newton (smoke test)
+    python examples/2_gradient_flows.py                # both parts (the recorded output)
+    python examples/2_gradient_flows.py --part small   # the 25 / 50-point flows (minutes)
+    python examples/2_gradient_flows.py --quick        # small part, 150 gradient steps, no
+                                                       # full-step Newton (smoke test)
 """
 
 import argparse
@@ -57,6 +57,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,9 +68,9 @@ import ot_matfree as om  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _second_order import Recorder, first_reach  # noqa: E402
+from _second_order import first_reach, run_first_order, run_newton  # noqa: E402
 
-OUTPUT = os.path.join(HERE, "gradient_flows_output.txt")
+OUTPUT = os.path.join(HERE, "outputs", "2_gradient_flows_output.txt")
 EPSILON = 1.0
 LR = 0.2  # the tutorial's, for 25 points
 LOSSES = {"S_eps": om.sinkhorn_divergence, "OT_eps": om.ot_cost}
@@ -88,87 +89,25 @@ def make_loss(name: str, solver: om.Sinkhorn, *, throw: bool = True):
     return lambda x, y: fn(x, y, epsilon=EPSILON, solver=solver, throw=throw)
 
 
-def compiled(fn, *args):
-    """`jax.jit(fn)` compiled for `args`, and the compilation time."""
-    start = time.perf_counter()
-    out = jax.jit(fn).lower(*args).compile()
-    return out, time.perf_counter() - start
-
-
 def run_gd(loss, x0, y, *, lr: float, steps: int, dump_every: int, warm: bool = True,
            echo=None):
-    """The explicit flow `x <- x - lr grad L(x)` in one jitted `lax.scan`; with
-    `warm`, the timed run is the second one (the first run's set-up excluded)."""
-    recorder = Recorder(echo)
-    value_and_grad = jax.value_and_grad(loss)
-
-    def flow(x0, y):
-        def body(x, _):
-            value, g = value_and_grad(x, y)
-            jax.debug.callback(recorder, value)  # the loss at this iterate
-            return x - lr * g, x
-
-        # `steps + 1` evaluations: the last one gives the final iterate's loss
-        # (its gradient step is dropped).
-        _, path = jax.lax.scan(body, x0, None, length=steps + 1)
-        return path[-1], path[::dump_every]
-
-    run, compile_seconds = compiled(flow, x0, y)
-    if warm:
-        jax.block_until_ready(run(x0, y))
-    recorder.reset()
-    x, path = jax.block_until_ready(run(x0, y))
-    seconds = time.perf_counter() - recorder.start
-    return dict(name=f"gradient descent (lr {lr:g})", x=x, path=jnp.concatenate([path, x[None]]),
-                iterations=steps, newton_steps=None, hvps=None, cg_steps=None, seconds=seconds,
-                compile_seconds=compile_seconds, losses=recorder.losses,
-                times=[0.0, *recorder.times[1:]],  # the initial loss at 0, as for Newton
-                iters=list(range(steps + 1)), result=None, final=recorder.losses[-1],
-                step_times=np.diff(recorder.times).tolist())
+    """The explicit flow `x <- x - lr grad L(x)` (optax's SGD, `_second_order`'s
+    runner); with `warm`, the timed run is the second one."""
+    run = run_first_order(f"gradient descent (lr {lr:g})", loss, (y,), x0, optax.sgd(lr), steps,
+                          echo=echo, warm=warm, path_every=dump_every)
+    return dict(run, newton_steps=None, cg_steps=None, result=None,
+                step_times=np.diff(run["times"]).tolist())
 
 
-def run_newton(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: float,
-               cg_max_steps: int | None = None, warm: bool = True, echo=None):
-    """`optx.minimise` with `om.NewtonCG`; the trace comes from its `progress`
-    callback. With `warm`, the timed run is the second one."""
-    recorder, hvps = Recorder(echo), []
-
-    def progress(info):
-        recorder(info["loss"])
-        hvps.append(int(info["num_hvps"]))
-        if echo is not None:
-            echo(f"    next step size {float(info['step_size']):.3g}, HVPs so far {hvps[-1]}")
-
-    line_search = not isinstance(search, optx.LearningRate)
-    newton = om.NewtonCG(rtol, rtol, search=search, cg_max_steps=cg_max_steps, progress=progress)
-    fn = trial_loss if line_search else loss  # only a line search's trial points may fail
-
-    def minimise(x0, y):
-        sol = optx.minimise(fn, newton, x0, y, max_steps=max_steps, throw=False)
-        return sol.value, sol.result, sol.stats, loss(sol.value, y)  # `loss` raises on failure
-
-    run, compile_seconds = compiled(minimise, x0, y)
-    if warm:
-        jax.block_until_ready(run(x0, y))
-    recorder.reset()
-    hvps.clear()
-    x, result, stats, final = jax.block_until_ready(run(x0, y))
-    seconds = time.perf_counter() - recorder.start
-    final = float(final)
-    # `progress` reports at step k the loss of the point evaluated there: the
-    # first report is the initial loss; append the final iterate's. With a line
-    # search, rejected trial points are reported too: the running minimum is
-    # the loss of the last accepted point.
-    losses, times = [*recorder.losses, final], [0.0, *recorder.times[1:], seconds]
-    if line_search:
-        losses = np.minimum.accumulate(np.asarray(losses)).tolist()
-    return dict(name=name, x=x, path=None, iterations=int(stats["num_steps"]),
-                newton_steps=int(stats["num_newton_steps"]), hvps=int(stats["num_hvps"]),
-                cg_steps=int(stats["num_cg_steps"]), seconds=seconds,
-                compile_seconds=compile_seconds, losses=losses, times=times,
-                iters=list(range(len(losses))),
-                result=result, final=final, hvps_per_step=np.diff([0, *hvps]).tolist(),
-                step_times=np.diff([0.0, *recorder.times]).tolist())
+def run_newton_cg(name, loss, trial_loss, x0, y, *, search, max_steps: int, rtol: float,
+                  cg_max_steps: int | None = None, warm: bool = True, echo=None):
+    """`optx.minimise` with `om.NewtonCG` (`_second_order`'s runner); with `warm`,
+    the timed run is the second one. An iteration is a loss evaluation."""
+    run = run_newton(name, loss, trial_loss, (y,), x0, newton_search=search, rtol=rtol,
+                     max_steps=max_steps, cg_max_steps=cg_max_steps, echo=echo, warm=warm)
+    return dict(run, iterations=run["evaluations"],
+                hvps_per_step=np.diff([0, *run["hvps_reported"]]).tolist(),
+                step_times=np.diff([0.0, *run["times"][:-1]]).tolist())
 
 
 def w2(x, y) -> float:
@@ -210,13 +149,13 @@ def small_part(args, say):
         trial_loss = make_loss(name, solver, throw=False)
         runs = [
             run_gd(loss, x0, y, lr=LR, steps=gd_steps, dump_every=max(gd_steps // 20, 1)),
-            run_newton("Newton-CG (Armijo)", loss, trial_loss, x0, y,
-                       search=optx.BacktrackingArmijo(), max_steps=max_steps, rtol=1e-10),
+            run_newton_cg("Newton-CG (Armijo)", loss, trial_loss, x0, y,
+                          search=optx.BacktrackingArmijo(), max_steps=max_steps, rtol=1e-10),
         ]
         if not args.quick:
-            runs.append(run_newton("Newton-CG (full step)", loss, trial_loss, x0, y,
-                                   search=optx.LearningRate(1.0), max_steps=max_steps,
-                                   rtol=1e-10))
+            runs.append(run_newton_cg("Newton-CG (full step)", loss, trial_loss, x0, y,
+                                      search=optx.LearningRate(1.0), max_steps=max_steps,
+                                      rtol=1e-10))
         all_runs[name] = runs
         target = runs[0]["final"]
         say(f"\n{name} = {'sinkhorn_divergence' if name == 'S_eps' else 'ot_cost'}"
@@ -231,7 +170,7 @@ def small_part(args, say):
             lines.append(
                 f"| {run['name']} | {run['iterations']} | {dash(run['newton_steps'])} | "
                 f"{dash(run['hvps'])} | {run['seconds']:.3f} | {run['final']:.6e} | "
-                f"{result_string(run)} | {w2(run['x'], y):.4f} | {spread(run['x']):.4f} | "
+                f"{result_string(run)} | {w2(run['w'], y):.4f} | {spread(run['w']):.4f} | "
                 f"{reach} |")
         say("\n".join(lines))
         say("compilation (s): "
@@ -258,9 +197,9 @@ def save_figure(all_runs, x0, y, out):
         for ax in row[:2]:
             ax.scatter(*y_np.T, marker="X", s=60, c="tab:orange", edgecolors="k",
                        label="y (target)", zorder=1)
-            ax.scatter(*np.asarray(gd["x"]).T, s=40, c="tab:blue", edgecolors="k",
+            ax.scatter(*np.asarray(gd["w"]).T, s=40, c="tab:blue", edgecolors="k",
                        label="gradient descent, final", zorder=2)
-            ax.scatter(*np.asarray(armijo["x"]).T, marker="+", s=90, c="tab:red",
+            ax.scatter(*np.asarray(armijo["w"]).T, marker="+", s=90, c="tab:red",
                        label="Newton-CG (Armijo), final", zorder=3)
         for i in range(path.shape[1]):
             row[0].plot(path[:, i, 0], path[:, i, 1], color="tab:blue", lw=0.5, alpha=0.5)
@@ -271,8 +210,8 @@ def save_figure(all_runs, x0, y, out):
         row[1].set_xlim(centre[0] - half, centre[0] + half)
         row[1].set_ylim(centre[1] - half, centre[1] + half)
         row[1].set_aspect("equal")
-        row[1].set_title(f"{name}: final clouds (spread: GD {spread(gd['x']):.3f}, "
-                         f"Newton {spread(armijo['x']):.3f}, y {spread(y):.3f})", fontsize=9)
+        row[1].set_title(f"{name}: final clouds (spread: GD {spread(gd['w']):.3f}, "
+                         f"Newton {spread(armijo['w']):.3f}, y {spread(y):.3f})", fontsize=9)
         # S_eps's minimum over 25 points is unknown (> 0): plot the loss; OT_eps
         # converges to a positive value: plot the excess over the best one.
         best = 0.0 if name == "S_eps" else min(min(r["losses"]) for r in runs) - 1e-12
@@ -318,9 +257,9 @@ def large_part(args, say):
     runs = [
         run_gd(loss, x0, y, lr=lr, steps=args.large_gd_steps, dump_every=1, warm=False,
                echo=say),
-        run_newton("Newton-CG (Armijo)", loss, trial_loss, x0, y, search=optx.BacktrackingArmijo(),
-                   max_steps=args.large_newton_steps, rtol=1e-6, cg_max_steps=args.large_cg_steps,
-                   warm=False, echo=say),
+        run_newton_cg("Newton-CG (Armijo)", loss, trial_loss, x0, y,
+                      search=optx.BacktrackingArmijo(), max_steps=args.large_newton_steps,
+                      rtol=1e-6, cg_max_steps=args.large_cg_steps, warm=False, echo=say),
     ]
     header = ("| method | steps | HVPs | CG steps | compile (s) | time per step (s) | "
               "loss after each step | spread | mean distance to y's mean |")
@@ -330,13 +269,13 @@ def large_part(args, say):
         cg = "-" if run["cg_steps"] is None else str(run["cg_steps"])
         times = ", ".join(f"{t:.1f}" for t in run["step_times"])
         losses = ", ".join(f"{v:.4g}" for v in run["losses"][1:])
-        centre = float(jnp.linalg.norm(run["x"].mean(0) - y.mean(0)))
+        centre = float(jnp.linalg.norm(run["w"].mean(0) - y.mean(0)))
         lines.append(f"| {run['name']} | {run['iterations']} | {hvps} | {cg} | "
                      f"{run['compile_seconds']:.0f} | {times} | {losses} | "
-                     f"{spread(run['x']):.4f} | {centre:.4f} |")
+                     f"{spread(run['w']):.4f} | {centre:.4f} |")
     say("\n".join(lines))
     gd, newton = runs
-    end = om.solve(newton["x"], y, epsilon=EPSILON, solver=solver)
+    end = om.solve(newton["w"], y, epsilon=EPSILON, solver=solver)
     say(f"Sinkhorn at Newton's end point (x-y term): {int(end.num_iters)} iterations; "
         f"y's spread {spread(y):.4f}, x0's {spread(x0):.4f}")
     rate = gd["losses"][-1] / gd["losses"][-2]
@@ -380,12 +319,13 @@ def main():
                         help="Newton-CG loss evaluations at large n")
     parser.add_argument("--large-cg-steps", type=int, default=3,
                         help="CG steps per Newton step at large n")
-    parser.add_argument("--out", default=None, help="PNG path (default: examples/"
-                        "gradient_flows.png; with --quick, the temporary directory)")
+    parser.add_argument("--out", default=None, help="PNG path (default: examples/outputs/"
+                        "2_gradient_flows.png; with --quick, the temporary directory)")
     args = parser.parse_args()
     record = not args.quick and args.out is None
-    args.out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE,
-                                        "gradient_flows.png")
+    args.out = args.out or os.path.join(tempfile.gettempdir() if args.quick
+                                        else os.path.join(HERE, "outputs"),
+                                        "2_gradient_flows.png")
     parts = ("small",) if args.quick else (("small", "large") if args.part == "all"
                                            else (args.part,))
     for part in parts:

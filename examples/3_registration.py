@@ -58,9 +58,9 @@ n = 438); the committed run starts from another standard Gaussian draw
 true basin (so do the draws 101 and 102, relative errors 0.95 and 1.07).
 Like the paper, this compares the speed of convergence to a local minimum.
 
-    python examples/registration.py             # the committed output (see its first lines)
-    python examples/registration.py --scale 1   # the paper's 3,500 points (hours on 2 cores)
-    python examples/registration.py --quick     # smoke test: 70 points, eps 0.1, closer A0
+    python examples/3_registration.py             # the committed output (see its first lines)
+    python examples/3_registration.py --scale 1   # the paper's 3,500 points (hours on 2 cores)
+    python examples/3_registration.py --quick     # smoke test: 70 points, eps 0.1, closer A0
 
 `--quick` starts closer (`0.3 N(0, 1)`): at 70 points the Hessian is
 indefinite at `A + N(0, 1)` and 5 SGD steps on minibatches of 10 points do
@@ -95,6 +95,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ot_matfree as om  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUTPUTS = os.path.join(HERE, "outputs")
 SIZES = {"chair": 500, "desk": 1500, "sofa": 1500}  # the paper's points per object
 
 
@@ -195,8 +196,8 @@ def main():
                         help="gradient descent's steps (default 1,000; 60 with --quick)")
     parser.add_argument("--bfgs-steps", type=int, default=None,
                         help="BFGS's step cap (default 90; 60 with --quick)")
-    parser.add_argument("--out", default=None, help="PNG path (default: examples/"
-                        "registration.png; with --quick, the temporary directory)")
+    parser.add_argument("--out", default=None, help="PNG path (default: examples/outputs/"
+                        "3_registration.png; with --quick, the temporary directory)")
     args = parser.parse_args()
     log = []
 
@@ -208,8 +209,8 @@ def main():
     EPSILON = args.epsilon or (0.1 if args.quick else 0.01)
     scale = args.scale or (0.02 if args.quick else 0.125)
     steps = args.gd_steps or (60 if args.quick else 1000)
-    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else HERE,
-                                   "registration.png")
+    out = args.out or os.path.join(tempfile.gettempdir() if args.quick else OUTPUTS,
+                                   "3_registration.png")
     perturbation = 0.3 if args.quick else 1.0
     x, y, a, a0 = make_problem(scale, perturbation=perturbation)
     n = x.shape[0]
@@ -232,20 +233,20 @@ def main():
     max_newton = 20 if args.quick else 30
     echo = None if args.quick else lambda line: print(line, file=sys.stderr, flush=True)
     runs = [
-        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, x, y, a0,
+        run_newton("SGD-Newton (ours, relaxed 0.5)", loss, trial_loss, (x, y), a0,
                    newton_search=optx.LearningRate(0.5), rtol=1e-6, max_steps=max_newton,
                    sgd=sgd, echo=echo),
-        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, x, y, a0,
+        run_newton("Newton-CG (ours, Armijo)", loss, trial_loss, (x, y), a0,
                    newton_search=optx.BacktrackingArmijo(), rtol=1e-6, max_steps=max_newton,
                    echo=echo),
-        run_first_order("gradient descent (lr 0.1)", loss, x, y, a0, optax.sgd(0.1), steps,
+        run_first_order("gradient descent (lr 0.1)", loss, (x, y), a0, optax.sgd(0.1), steps,
                         echo=echo),
-        run_bfgs(loss, trial_loss, x, y, a0, rtol=1e-6,
+        run_bfgs(loss, trial_loss, (x, y), a0, rtol=1e-6,
                  max_steps=args.bfgs_steps or max_newton * 3, echo=echo),
     ]
     sgdn, newton, gd = runs[0], runs[1], runs[2]
     target = gd["losses"][-1]
-    say(results_table(runs, loss, error, x, y, target, "rel. error of A_hat"))
+    say(results_table(runs, error, target, "rel. error of A_hat"))
     say(f"SGD-Newton: {sgdn['sgd_steps']} SGD steps (minibatch {batch}) + "
         f"{sgdn['newton_steps']} relaxed Newton steps; its HVPs include "
         f"{1 + sgdn['sgd_steps']} Lanczos definiteness checks of 9 HVPs each; "
@@ -277,7 +278,7 @@ def main():
     fig.savefig(out, dpi=80)
     say(f"figure: {os.path.relpath(out)}")
     if not args.quick and args.out is None:
-        with open(os.path.join(HERE, "registration_output.txt"), "w") as f:
+        with open(os.path.join(OUTPUTS, "3_registration_output.txt"), "w") as f:
             f.write("\n".join(log) + "\n")
 
 

@@ -1,0 +1,106 @@
+"""The dual of one entropic OT problem, shared by the forward solvers.
+
+In ott-jax's convention (log-weights inside the potentials) the coupling of
+potentials `(f, g)` is `P_ij = exp((f_i + g_j - C_ij) / eps)`, and
+
+- the Sinkhorn updates (c-transforms) are
+  `T_f(g)_i = eps log a_i - eps LSE_j (g_j - C_ij) / eps` and
+  `T_g(f)_j = eps log b_j - eps LSE_i (f_i - C_ij) / eps`;
+- the row sums of `P` are `a_i exp((f_i - T_f(g)_i) / eps)`, so the row
+  error `|P 1 - a|_1` comes from an update at no extra pass;
+- `reg_ot_cost = <a, f - eps log a> + <b, g - eps log b> + eps (1 - sum P)`
+  (ott-jax's `reg_ot_cost`, with the mass correction of an unconverged
+  coupling).
+
+`DualProblem` holds the data of one solve; plain Sinkhorn (`steps.py`),
+Newton steps (`newton.py`) and the symmetric solve (`symmetric.py`) all
+update and measure potentials through it.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._core.costs import AbstractCost
+from .._core.coupling import BlockSize, Coupling
+from .._core.sharding import RowSharding
+from .._stream.engine import row_logsumexp
+
+
+def marginal_error(row, col, a, b) -> Float[Array, ""]:
+    """`|row - a|_1 + |col - b|_1`: the L1 marginal error of a coupling whose
+    row and column sums are `row`, `col`."""
+    return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
+
+
+def update_error(weights, f, f_next, epsilon) -> Float[Array, ""]:
+    """`|P 1 - a|_1` of the coupling `(f, g)` from `f_next = T_f(g)`: its row
+    sums are `a_i exp((f_i - f_next_i) / eps)` (`weights` is `a`)."""
+    return jnp.sum(jnp.abs(weights * jnp.expm1((f - f_next) / epsilon)))
+
+
+def dual_cost(a, log_a, f, b, log_b, g, epsilon, total_mass) -> Float[Array, ""]:
+    """`<a, f - eps log a> + <b, g - eps log b> + eps (1 - total_mass)`:
+    ott-jax's `reg_ot_cost` of potentials `(f, g)` whose coupling has mass
+    `total_mass`."""
+    return (
+        jnp.sum(a * (f - epsilon * log_a))
+        + jnp.sum(b * (g - epsilon * log_b))
+        + epsilon * (1 - total_mass)
+    )
+
+
+class DualProblem(eqx.Module):
+    """The data of one balanced OT solve, and its c-transforms.
+
+    `coupling(f, g, eps)` is the coupling of potentials `(f, g)` at
+    regularisation `eps` (the annealing solves at several); the updates
+    `update_f`, `update_g` are one streaming log-sum-exp pass each.
+    """
+
+    x: Float[Array, "n d"]
+    y: Float[Array, "m d"]
+    a: Float[Array, " n"]
+    b: Float[Array, " m"]
+    log_a: Float[Array, " n"]
+    log_b: Float[Array, " m"]
+    epsilon: Float[Array, ""]
+    cost: AbstractCost
+    block_size: BlockSize = eqx.field(static=True)
+    sharding: RowSharding | None = eqx.field(static=True)
+
+    @classmethod
+    def create(cls, x, y, a, b, epsilon, cost, block_size, sharding) -> "DualProblem":
+        """The problem of `solve`: `log a`, `log b` computed once."""
+        return cls(x, y, a, b, jnp.log(a), jnp.log(b), epsilon, cost, block_size, sharding)
+
+    def coupling(self, f, g, epsilon=None, **diagnostics) -> Coupling:
+        """The `Coupling` of `(f, g)` at `epsilon` (the target by default)."""
+        eps = self.epsilon if epsilon is None else epsilon
+        return Coupling(self.x, self.y, self.a, self.b, f, g, eps, self.cost,
+                        block_size=self.block_size, sharding=self.sharding, **diagnostics)
+
+    def update_f(self, geometry: Coupling, g, epsilon) -> Float[Array, " n"]:
+        """`T_f(g) = eps log a - eps LSE_j (g_j - C_ij) / eps` on `geometry`
+        (a coupling of this problem at `epsilon`; its potentials are unused)."""
+        return epsilon * (self.log_a - row_logsumexp(geometry, g))
+
+    def update_g(self, geometry: Coupling, f, epsilon) -> Float[Array, " m"]:
+        """`T_g(f)`, on `geometry` as for `update_f` (not transposed)."""
+        return epsilon * (self.log_b - row_logsumexp(geometry.transpose(), f))
+
+    def row_error(self, f, f_next, epsilon) -> Float[Array, ""]:
+        """`|P 1 - a|_1` of `(f, g)` from `f_next = T_f(g)` (`update_error`)."""
+        return update_error(self.a, f, f_next, epsilon)
+
+    def column_error(self, g, g_next, epsilon) -> Float[Array, ""]:
+        """`|P^T 1 - b|_1` of `(f, g)` from `g_next = T_g(f)`."""
+        return update_error(self.b, g, g_next, epsilon)
+
+    def marginal_error(self, row, col) -> Float[Array, ""]:
+        """`marginal_error` against this problem's weights."""
+        return marginal_error(row, col, self.a, self.b)
+
+    def reg_ot_cost(self, f, g, total_mass) -> Float[Array, ""]:
+        """`dual_cost` of `(f, g)` at the target epsilon."""
+        return dual_cost(self.a, self.log_a, f, self.b, self.log_b, g, self.epsilon, total_mass)
