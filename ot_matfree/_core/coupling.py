@@ -91,7 +91,8 @@ class Coupling(eqx.Module):
     - `x`, `y`, `a`, `b`: points (n, d), (m, d) and weights (n,), (m,).
     - `f`, `g`: dual potentials.
     - `epsilon`, `cost`: the regularisation and the ground cost.
-    - `num_iters`: Sinkhorn iterations used (Newton steps count as one each).
+    - `num_iters`: Sinkhorn iterations used (a Newton step counts as half its
+      streaming passes, rounded up).
     - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling (`solve`
       ends on a `g` update, so its column term is zero up to rounding).
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).
