@@ -20,7 +20,7 @@ def _run(script, out):
         [sys.executable, str(BENCHMARKS / script), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         env=smoke_env(),
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -68,7 +68,7 @@ def peers_quick(tmp_path_factory):
         [sys.executable, str(BENCHMARKS / "peers.py"), "--quick", "--tables", "3", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         env=smoke_env(),
     )
     assert proc.returncode == 0, f"peers.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -102,7 +102,7 @@ def test_sinkhorn_speed_smoke(tmp_path):
     env = smoke_env(PYTHONPATH=str(BENCHMARKS.parent))
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "sinkhorn_speed.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     text = out.read_text()
