@@ -20,7 +20,6 @@ that the gradient and HVP processes read.
 
 import json
 import math
-import os
 import pathlib
 import resource
 import statistics

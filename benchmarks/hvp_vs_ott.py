@@ -44,7 +44,6 @@ sys.path.insert(0, str(HERE))
 import _common as common  # noqa: E402
 from _peers import ott_jax, ours  # noqa: E402
 
-import ot_matfree as om  # noqa: E402
 from ot_matfree._stream.engine import apply, schur_apply  # noqa: E402
 
 EPS, TOL, RTOL = 0.05, 1e-8, 1e-8

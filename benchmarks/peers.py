@@ -444,7 +444,7 @@ def table2(args, out, log):
             if c.group == "hvp":
                 r_given, r_total = 1.0, None
             rows.append([c.name, n, t, r_given, r_total, c.mem_mb, extra, rel(hv, ref)])
-        rows.append([f"ot_matfree solve + one HVP", n, t_solve + t_hvp, None, 1.0,
+        rows.append(["ot_matfree solve + one HVP", n, t_solve + t_hvp, None, 1.0,
                      max(by["solve"].mem_mb or 0, by["hvp"].mem_mb or 0), f"reference: {ref_name}",
                      None])
         records += [dict(zip(HEADER2, r)) for r in rows[-len(cases) - 1:]]
@@ -458,10 +458,10 @@ def table2(args, out, log):
         probes.append(r)
         log(f"  {r}")
         if "error" in r:
-            rows.append([f"ott-jax implicit, one HVP in a child process", n,
+            rows.append(["ott-jax implicit, one HVP in a child process", n,
                          f"{r['error']}", None, None, r["peak_rss_mb"], "", None])
         else:
-            rows.append([f"ott-jax implicit, one HVP in a child process (compile incl.)", n,
+            rows.append(["ott-jax implicit, one HVP in a child process (compile incl.)", n,
                          r["time_incl_compile_s"], None, None, r["peak_rss_mb"],
                          "peak RSS of the whole child", None])
     # ot_matfree alone at large n: one solve + one HVP, compile included.
@@ -477,7 +477,7 @@ def table2(args, out, log):
             t2 = time.perf_counter()
         a = np.full(n, 1 / n)
         ident = rel(np.asarray(hv).sum(0), 2 * (a[:, None] * v).sum(0))
-        rows.append([f"ot_matfree solve + one HVP (one run, compile included)", n, t2 - t0, None,
+        rows.append(["ot_matfree solve + one HVP (one run, compile included)", n, t2 - t0, None,
                      None, p.delta_mb,
                      f"solve {t1 - t0:.1f} s ({int(c.num_iters)} it.), HVP {t2 - t1:.1f} s "
                      f"({int(st['num_steps'])} CG steps); marginal identity error {ident:.1e}",

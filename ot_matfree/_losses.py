@@ -28,16 +28,16 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._core.checks import check_block_size, check_problem
-from ._forward.config import Config
 from ._core.costs import AbstractCost, SqEuclidean, as_cost
 from ._core.coupling import BlockSize, Coupling
+from ._core.sharding import auto_partitioned, row_sharding
 from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
-from ._core.sharding import auto_partitioned, row_sharding
-from ._stream.sharp import cost_marginals, sharp_gradients
+from ._forward.config import Config
 from ._forward.sinkhorn import Sinkhorn
 from ._linear.base import AbstractHSolver
 from ._linear.cg import CG
+from ._stream.sharp import cost_marginals, sharp_gradients
 
 
 def _pairing(grads, tangents) -> Array:

@@ -20,7 +20,10 @@ def smoke_env(**extra):
     """Environment of the scripts the smoke tests run: compilation is most of
     their time and LLVM's optimisations are not needed at smoke sizes (timings
     are never checked), so XLA compiles at `--xla_backend_optimization_level=0`."""
-    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+        if flag not in flags:
+            flags = f"{flags} {flag}".strip()
     return {**os.environ, "XLA_FLAGS": flags, **extra}
 
 

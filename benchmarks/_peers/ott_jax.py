@@ -6,7 +6,6 @@ Stopping rule: L1 error of the column marginal (`norm_error=1`), checked every
 """
 
 import jax
-import jax.numpy as jnp
 
 from . import probe
 

@@ -64,21 +64,30 @@ def check_points(name: str, z) -> Array:
     return error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
 
 
+#: How far from 1 the sum of given weights may be (`check_weights`): the square
+#: root of float32's machine epsilon, for weights of every dtype.
+WEIGHT_SUM_TOL = float(np.sqrt(np.finfo(np.float32).eps))
+
+
 def check_weights(name: str, w, size: int, dtype) -> Array:
     """Positive weights summing to one; uniform when `w` is None.
 
-    Rule: `|sum(w) - 1| <= sqrt(eps)` of the dtype the weights are *given* in
-    (3.5e-4 for float32, 1.5e-8 for float64); within that they are
-    renormalised, `w / sum(w)` in the computation's dtype, so that the
-    balanced problem is exactly feasible (float32 weights summing to 1 + 1e-5
-    otherwise leave Sinkhorn stuck at a marginal error of 1e-5). The sum is
-    not differentiated: derivatives are those of `w` itself.
+    Rule, one for every dtype: `|sum(w) - 1| <= WEIGHT_SUM_TOL` (3.5e-4, the
+    square root of float32's machine epsilon), the sum taken in the
+    computation's dtype. Weights normalised in float32 or float64 pass, also
+    when cast to the other (float32-normalised weights cast to float64 sum to
+    1 only to about 1e-7), and so does float32's own summation error at a
+    million points; weights that are really unnormalised (summing to 0.95, or
+    0.999) fail whatever their dtype. bfloat16 and float16 weights carry only
+    8 and 11 bits: normalise them after casting to float32. Within the rule
+    they are renormalised, `w / sum(w)`, so that the balanced problem is
+    exactly feasible (float32 weights summing to 1 + 1e-5 otherwise leave
+    Sinkhorn stuck at a marginal error of 1e-5). The sum is not
+    differentiated: derivatives are those of `w` itself.
     """
     if w is None:
         return jnp.full((size,), 1.0 / size, dtype)
-    w = jnp.asarray(w)
-    given = w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else dtype
-    w = w.astype(dtype)
+    w = jnp.asarray(w).astype(dtype)
     if w.shape != (size,):
         raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
     w = error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
@@ -86,9 +95,10 @@ def check_weights(name: str, w, size: int, dtype) -> Array:
     total = jnp.sum(w)
     w = error_if(
         w,
-        jnp.abs(total - 1) > float(np.sqrt(np.finfo(given).eps)),
-        f"`{name}` must sum to 1 (balanced OT) to within sqrt(machine epsilon) of its dtype; "
-        f"normalise it with `{name} / {name}.sum()`.",
+        ~(jnp.abs(total - 1) <= WEIGHT_SUM_TOL),
+        f"`{name}` must sum to 1 (balanced OT) to within {WEIGHT_SUM_TOL:.1e}; normalise it "
+        f"with `{name} / {name}.sum()` (in float32 or float64: bfloat16 and float16 weights "
+        f"cannot sum to 1 that closely).",
     )
     return w / jax.lax.stop_gradient(total)
 

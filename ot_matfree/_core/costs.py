@@ -73,6 +73,11 @@ class FunctionCost(AbstractCost):
 
     - `fn`: twice differentiable in both arguments (its second derivatives are
       needed by Hessian-vector products). ott-jax `CostFn` objects qualify.
+      Gradients differentiate `fn` in reverse mode only (`jax.grad`); HVPs
+      take its second derivatives forward-over-reverse (`jax.jvp` of
+      `jax.grad`), so a `fn` with a `jax.custom_vjp` inside (ott-jax's
+      `Bures`, `UnbalancedBures`) has gradients but no HVPs (they raise a
+      `TypeError` that says so).
     """
 
     fn: Callable

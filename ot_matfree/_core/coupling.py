@@ -96,8 +96,8 @@ class Coupling(eqx.Module):
     - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling (`solve`
       ends on a `g` update, so its column term is zero up to rounding).
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).
-    - `result`: an `ot_matfree.RESULTS` status (`successful`, or
-      `sinkhorn_max_iters_reached`).
+    - `result`: an `ot_matfree.RESULTS` status (`successful`,
+      `sinkhorn_max_iters_reached`, `sinkhorn_nonfinite`).
     - `num_passes`: streaming passes over the coupling the solve took (two
       per Sinkhorn iteration; a Newton step's CG steps and line search
       included): the load-independent measure of its cost. `None` where

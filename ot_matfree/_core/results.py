@@ -20,6 +20,12 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
         "`max_iters`, loosen `tol`, increase `epsilon`, or pass `throw=False` and check "
         "`coupling.converged` / `coupling.result` yourself."
     )
+    sinkhorn_nonfinite = (
+        "ot_matfree: Sinkhorn produced non-finite potentials (a NaN marginal error), so it "
+        "stopped at once. Check the cost for NaN or overflow at the given points (e.g. a norm "
+        "or an angle at a zero vector, squared distances beyond the dtype's range) and `init` "
+        "(potentials so large that their differences overflow)."
+    )
     coupling_not_converged = (
         "ot_matfree: the coupling passed in did not converge (its Sinkhorn solve stopped at "
         "`max_iters`), so its derivatives are not those of the OT problem. Solve it to "

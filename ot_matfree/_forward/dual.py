@@ -10,7 +10,18 @@ potentials `(f, g)` is `P_ij = exp((f_i + g_j - C_ij) / eps)`, and
   error `|P 1 - a|_1` comes from an update at no extra pass;
 - `reg_ot_cost = <a, f - eps log a> + <b, g - eps log b> + eps (1 - sum P)`
   (ott-jax's `reg_ot_cost`, with the mass correction of an unconverged
-  coupling).
+  coupling). Writing `w_ij = (f_i + g_j - C_ij) / eps - log a_i - log b_j`
+  (so `P = a b^T exp(w)`), the same value is
+  `<a b^T, C> - eps sum_ij a_i b_j (expm1(w_ij) - w_ij)`, exactly, for any
+  potentials. The first form cancels when epsilon is large: `f` holds
+  `eps log a` (size eps log n) plus a part of the size of the costs, so
+  float32 at epsilon 1e6 keeps that part to +-0.25 only, and float64 at
+  1e300 not at all (0.3.0 reported -23.6 and 3.7e284 for 5.26). The second
+  has no such term (`w` is small there and `expm1(w) - w` is of order
+  `w^2`). `streamed_value` streams it;
+  `DualProblem.reg_ot_cost` keeps the first unless the magnitudes it sums
+  are `CANCELLATION` times its result (so the usual problems get the same
+  value, bit for bit, as before, at no extra pass).
 
 `DualProblem` holds the data of one solve; plain Sinkhorn (`steps.py`),
 Newton steps (`newton.py`) and the symmetric solve (`symmetric.py`) all
@@ -18,13 +29,18 @@ update and measure potentials through it.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._core.costs import AbstractCost
+from .._core.costs import AbstractCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.sharding import RowSharding
-from .._stream.engine import row_logsumexp
+from .._stream.engine import row_logsumexp, stream
+
+#: `DualProblem.reg_ot_cost` switches to the streamed form of the value when
+#: the rounding bound of the direct form is this many times larger.
+CANCELLATION = 16.0
 
 
 def marginal_error(row, col, a, b) -> Float[Array, ""]:
@@ -102,5 +118,45 @@ class DualProblem(eqx.Module):
         return marginal_error(row, col, self.a, self.b)
 
     def reg_ot_cost(self, f, g, total_mass) -> Float[Array, ""]:
-        """`dual_cost` of `(f, g)` at the target epsilon."""
-        return dual_cost(self.a, self.log_a, f, self.b, self.log_b, g, self.epsilon, total_mass)
+        """ott-jax's `reg_ot_cost` of `(f, g)` at the target epsilon:
+        `dual_cost`, or the streamed form (`streamed_value`, one more pass) where
+        `dual_cost` cancels, i.e. where its rounding bound (the magnitudes
+        it sums) is `CANCELLATION` times its result or more (large epsilon,
+        where `f` carries `eps log a`)."""
+        direct = dual_cost(self.a, self.log_a, f, self.b, self.log_b, g, self.epsilon, total_mass)
+        eps = self.epsilon
+        bound = (
+            jnp.dot(self.a, jnp.abs(f) + eps * jnp.abs(self.log_a))
+            + jnp.dot(self.b, jnp.abs(g) + eps * jnp.abs(self.log_b))
+            + eps * (1 + jnp.abs(total_mass))
+        )
+        cancels = bound > CANCELLATION * jnp.abs(direct)
+        return jax.lax.cond(cancels, lambda: streamed_value(self, f, g), lambda: direct)
+
+
+def streamed_value(problem: DualProblem, f, g) -> Float[Array, ""]:
+    """`<a b^T, C> - eps sum_ij a_i b_j (expm1(w_ij) - w_ij)`: ott-jax's
+    `reg_ot_cost` of `(f, g)` at the target epsilon without the cancellation
+    of `dual_cost` at large epsilon (module docstring), in one streaming pass."""
+    coupling = problem.coupling(f, g)
+    direct = isinstance(problem.cost, SqEuclidean)
+
+    def block_fn(blk, rows, cols):
+        (log_a,), (b, log_b) = rows, cols
+        if direct:
+            # `|x_i - y_j|^2` itself, not the iterations' `|x|^2 + |y|^2 - 2 x y^T`,
+            # whose rounding is relative to `|x|^2 + |y|^2`.
+            diff = blk.x[:, None, :] - blk.y[None, :, :]
+            c = jnp.sum(diff * diff, axis=-1)
+        else:
+            c = blk.cost_matrix()
+        w = (blk.f[:, None] + blk.g[None, :] - c) / blk.epsilon - log_a[:, None] - log_b[None, :]
+        return (c @ b, (jnp.expm1(w) - w) @ b), jnp.zeros_like(b)
+
+    m = g.shape[0]
+    width = 4 + (problem.x.shape[1] if direct else 0)
+    (cost_b, gap_b), _ = stream(
+        coupling, block_fn, (problem.log_a,), (problem.b, problem.log_b),
+        jnp.zeros((m,), f.dtype), width=width, kind="pairs",
+    )
+    return jnp.dot(problem.a, cost_b) - problem.epsilon * jnp.dot(problem.a, gap_b)

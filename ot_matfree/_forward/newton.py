@@ -213,10 +213,12 @@ class NewtonPhase(eqx.Module):
         return NewtonState(y, passes, ok)
 
     def run(self, f, g) -> NewtonState:
-        """Steps from `(f, g)` until the error is `<= tol` or the budget is spent."""
+        """Steps from `(f, g)` until the error is `<= tol`, the budget is spent
+        or the error is NaN."""
 
         def cond(state):
-            return (self.iterations(state.passes) < self.max_iters) & ~(state.point.err <= self.tol)
+            err = state.point.err
+            return (self.iterations(state.passes) < self.max_iters) & ~(err <= self.tol) & ~jnp.isnan(err)
 
         start = NewtonState(self.point(f, g), self.passes0 + 1, jnp.asarray(True))
         # (Closures, not bound methods: JAX hashes the functions it is given.)

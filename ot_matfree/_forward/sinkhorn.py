@@ -12,11 +12,14 @@ Newton steps on the dual (`newton.py`). `Sinkhorn` holds the options and
 says how they compose; `_solve` chains the phases.
 """
 
+import math
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._core.checks import check_block_size, check_problem, error_if, error_if_failed
@@ -66,18 +69,21 @@ class Sinkhorn(eqx.Module):
     `f` update, so convergence is checked at every iteration. Whatever the
     acceleration, convergence is declared only on the true L1 marginal error
     `|P 1 - a|_1 + |P^T 1 - b|_1` of the returned potentials at the target
-    `epsilon`.
+    `epsilon`, as the iteration estimates it (in float32 that estimate can
+    sit below the error the same potentials have in float64: docs/failures.md).
+    A NaN error stops the loop at once (`RESULTS.sinkhorn_nonfinite`).
 
     **Arguments:**
 
-    - `tol`: stop when the marginal error of the returned coupling is
-      `<= tol` (for plain Sinkhorn the columns are exact up to rounding, so
-      this is `|P 1 - a|_1`). Float32 cannot go much below `1e-6`. In
-      float64 a `tol` near 1e-14 is at the rounding floor of the marginal
-      error (about 1e-14 at n = 12); which side of it an iteration stops on
-      is luck, so ask for 1e-13 or more.
-    - `max_iters`: iteration cap (annealing iterations and Newton steps
-      included); reaching it is a failure
+    - `tol`: a finite number > 0; stop when the marginal error of the
+      returned coupling is `<= tol`. What a dtype resolves depends on the
+      problem: about its unit roundoff times `(|f| + |g| + |C|) / epsilon`
+      per unit of mass, so float32 reaches 1e-6 with potentials and costs
+      of size 1 at epsilon 0.1, but only about 4e-5 with size 10 at epsilon
+      0.05. In float64 a `tol` near 1e-14 is at the rounding floor of the
+      marginal error (about 1e-14 at n = 12), so ask for 1e-13 or more.
+    - `max_iters`: iteration cap, an integer >= 1 (annealing iterations and
+      Newton steps included); reaching it is a failure
       (`RESULTS.sinkhorn_max_iters_reached`: raised with `throw=True`).
     - `momentum`: `"adaptive"` (the default), `None` (plain Sinkhorn), or a
       fixed over-relaxation weight `w` in (0, 2) (`g <- g + w (T_g(f) - g)`,
@@ -112,7 +118,7 @@ class Sinkhorn(eqx.Module):
       called from inside the jitted loop every `progress_every` iterations
       (through `jax.debug.callback`), e.g. to drive a tqdm bar. During
       annealing the error is that at the current epsilon.
-    - `progress_every`: how often `progress` is called.
+    - `progress_every`: how often `progress` is called (an integer >= 1).
 
     **How the options compose.** Each option not given takes its default
     (`DEFAULT_ITERATION`): `momentum="adaptive"` (or `None` when `anderson`
@@ -140,6 +146,11 @@ class Sinkhorn(eqx.Module):
     progress_every: int = eqx.field(static=True, default=10)
 
     def __post_init__(self):
+        # Integral floats (`max_iters=1e4`, accepted by 0.2) become ints.
+        for k in ("max_iters", "progress_every"):
+            v = getattr(self, k)
+            if isinstance(v, float) and v.is_integer():
+                setattr(self, k, int(v))
         # Every option not given takes its default; momentum's is off next to
         # Anderson, which replaces it.
         anderson_given = self.anderson is not UNSET and self.anderson is not None
@@ -149,10 +160,15 @@ class Sinkhorn(eqx.Module):
                 setattr(self, k, None if off else DEFAULT_ITERATION[k])
 
     def __check_init__(self):
-        if not self.tol > 0:
-            raise ValueError(f"`tol` must be > 0, got {self.tol}.")
-        if self.max_iters < 1:
-            raise ValueError(f"`max_iters` must be >= 1, got {self.max_iters}.")
+        tol = self.tol
+        if (isinstance(tol, bool) or not isinstance(tol, (numbers.Real, np.ndarray, jax.Array))
+                or np.ndim(tol) != 0 or not (math.isfinite(float(tol)) and float(tol) > 0)):
+            # (tol=inf ran no iteration and reported convergence, marginal error inf.)
+            raise ValueError(f"`tol` must be a finite number > 0 (e.g. 1e-6), got {tol!r}.")
+        for k in ("max_iters", "progress_every"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"`{k}` must be an integer >= 1, got {v!r}.")
         m = self.momentum
         if not (m is None or m == "adaptive" or (
             isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 2
@@ -234,18 +250,38 @@ def finish(coupling: Coupling, throw: bool) -> Coupling:
     return error_if_failed(coupling, coupling.result)
 
 
-def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
-    """`successful` when the marginal error `err` is `<= solver.tol`, else
-    `sinkhorn_max_iters_reached`."""
-    return RESULTS.where(err <= solver.tol, RESULTS.successful, RESULTS.sinkhorn_max_iters_reached)
+def sinkhorn_status(err, tol) -> RESULTS:
+    """`successful` when the marginal error `err` is `<= tol`;
+    `sinkhorn_nonfinite` when it is NaN (non-finite potentials stop the loop
+    at once); else `sinkhorn_max_iters_reached`."""
+    failed = RESULTS.where(
+        jnp.isnan(err), RESULTS.sinkhorn_nonfinite, RESULTS.sinkhorn_max_iters_reached
+    )
+    return RESULTS.where(err <= tol, RESULTS.successful, failed)
+
+
+#: Sample of points (per cloud) whose largest finite cost is the annealing's
+#: start when the bounding box's corners give none.
+EPS0_SAMPLE = 16
 
 
 def initial_epsilon(x, y, cost: AbstractCost, epsilon):
     """`eps_0` of the annealing: the cost between the corners of the bounding
-    box of both clouds (GeomLoss's `diameter ** p`), at least `epsilon`."""
+    box of both clouds (GeomLoss's `diameter ** p`), at least `epsilon`.
+
+    A cost need not be defined at the corners (an angle is NaN at a corner
+    at the origin, which non-negative features with zeros have): then the
+    largest finite cost between the first `EPS0_SAMPLE` points of each
+    cloud, and `epsilon` (no annealing) if there is none.
+    """
     lo = jnp.minimum(jnp.min(x, axis=0), jnp.min(y, axis=0))
     hi = jnp.maximum(jnp.max(x, axis=0), jnp.max(y, axis=0))
-    return jnp.maximum(jnp.asarray(cost(lo, hi), x.dtype), epsilon)
+    corner = jnp.asarray(cost(lo, hi), x.dtype)
+    sample = cost.matrix(x[:EPS0_SAMPLE], y[:EPS0_SAMPLE])
+    largest = jnp.max(jnp.where(jnp.isfinite(sample), sample, -jnp.inf))
+    eps0 = jnp.where(jnp.isfinite(corner), corner, largest)
+    eps0 = jnp.where(jnp.isfinite(eps0), eps0, epsilon)
+    return jnp.maximum(eps0, epsilon)
 
 
 def centred_start(f, g, m: int):
@@ -254,36 +290,40 @@ def centred_start(f, g, m: int):
     The gauge `(f + c, g - c)` is free: centring keeps the potentials of the
     size of the costs. A start like `full(n, 1e16)` otherwise makes
     `f - f_next` round to 0, and the marginal error with it (false
-    convergence).
+    convergence). Where the sum in `mean(f)` overflows (`full(n, 1e308)`),
+    `c = max(f)`, exact for a constant start.
     """
     shift = jnp.mean(f)
+    shift = jnp.where(jnp.isfinite(shift), shift, jnp.max(f))
     g = jnp.zeros((m,), f.dtype) if g is None else g + shift
     return f - shift, g
 
 
-def sinkhorn_phase(problem: DualProblem, solver: Sinkhorn, f, g) -> SinkhornState:
-    """The Sinkhorn loop from `(f, g)`: until the error at the target epsilon
-    is `<= tol`, or below `solver.newton` with the budget for Newton steps
-    left, or `max_iters`."""
+def schedule_of(problem: DualProblem, solver: Sinkhorn) -> Schedule:
+    """The epsilon of each iteration: the target, or the annealing."""
     q = solver.epsilon_scaling
     if q is None:
-        schedule = Schedule(problem.epsilon)
-    else:
-        eps0 = initial_epsilon(problem.x, problem.y, problem.cost, problem.epsilon)
-        schedule = Schedule(problem.epsilon, eps0, q)
+        return Schedule(problem.epsilon)
+    eps0 = initial_epsilon(problem.x, problem.y, problem.cost, problem.epsilon)
+    return Schedule(problem.epsilon, eps0, q)
+
+
+def sinkhorn_phase(problem: DualProblem, solver: Sinkhorn, schedule: Schedule,
+                   state: SinkhornState, tol, max_iters) -> SinkhornState:
+    """The Sinkhorn loop from `state`: until the error at the target epsilon
+    is `<= tol`, or below `solver.newton` with the budget for Newton steps
+    left, or `max_iters` (or a NaN error)."""
 
     def done(state: SinkhornState):
-        converged = state.err_target <= solver.tol
+        converged = state.err_target <= tol
         if solver.newton is None:
             return converged
         switch = (state.err_target <= solver.newton) & (
-            state.it + NEWTON_MIN_BUDGET <= solver.max_iters
+            state.it + NEWTON_MIN_BUDGET <= max_iters
         )
         return converged | switch
 
-    step = solver.step
-    state = initial_state(problem, step, q is not None, f, g)
-    return sinkhorn_loop(problem, schedule, step, state, done, solver.max_iters,
+    return sinkhorn_loop(problem, schedule, solver.step, state, done, max_iters,
                          lambda it, err: report_progress(solver, it, err))
 
 
@@ -294,7 +334,8 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
     error of its last `f` at the target epsilon, not at `eps_k`: one more
     `g` and `f` update there (two passes).
     """
-    f, g, f_hat, err, passes = state.f_eval, state.g, state.f_hat, state.err_target, 2 * state.it
+    f, g, f_hat, err = state.f_eval, state.g, state.f_hat, state.err_target
+    passes = 2 * state.it
     if solver.epsilon_scaling is None:
         return f, g, f_hat, err, passes
 
@@ -309,9 +350,10 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
     return f, g, f_hat, err, passes + jnp.where(state.at_target, 0, 2)
 
 
-def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes):
+def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes, tol,
+                  max_iters):
     """With `solver.newton`, Newton steps from the loop's last coupling unless
-    the loop ended at `tol` or at `max_iters`.
+    the loop ended at `tol`, at `max_iters` or at a NaN error.
 
     **Returns:** `(f, g, row sums P 1, err, iterations, passes)`.
     """
@@ -325,11 +367,11 @@ def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, 
 
     def newton(f, g, f_hat, err, it, passes):
         return newton_phase(
-            problem, f, g, it, passes, solver.max_iters, solver.tol,
+            problem, f, g, it, passes, max_iters, tol,
             lambda start, stop, e: report_progress_between(solver, start, stop, e),
         )
 
-    handover = (err > solver.tol) & (it < solver.max_iters)
+    handover = (err > tol) & (it < max_iters)  # False on NaN
     return jax.lax.cond(handover, newton, no_newton, f, g, f_hat, err, it, passes)
 
 
@@ -345,14 +387,18 @@ def _solve(
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
     problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
-    state = sinkhorn_phase(problem, solver, f_init, g_init)
+    tol, max_iters = jnp.asarray(solver.tol, x.dtype), jnp.asarray(solver.max_iters)
+    state = initial_state(problem, solver.step, solver.epsilon_scaling is not None, f_init, g_init)
+    state = sinkhorn_phase(problem, solver, schedule_of(problem, solver), state, tol, max_iters)
     f, g, f_hat, err, passes = at_target(problem, solver, state)
     if sharding is not None:
         f, g, f_hat = sharding.place((f, g, f_hat), sharding.rows)
-    f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, state.it, passes)
+    f, g, row, err, it, passes = newton_or_not(
+        problem, solver, f, g, f_hat, err, state.it, passes, tol, max_iters
+    )
     coupling = problem.coupling(
         f, g, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)),
-        result=sinkhorn_status(err, solver), num_passes=passes,
+        result=sinkhorn_status(err, solver.tol), num_passes=passes,
     )
     return finish(coupling, throw)
 
@@ -396,9 +442,11 @@ def solve(
       constant), and it must be finite. Plain Sinkhorn starts with a `g`
       update, so it only uses `f`; momentum also starts from `g`.
     - `throw`: raise (`equinox.EquinoxRuntimeError`, also under `jit`) when
-      Sinkhorn stops at `max_iters`. With `throw=False` the coupling is
-      returned with `converged=False` and
-      `result = RESULTS.sinkhorn_max_iters_reached`.
+      Sinkhorn fails: stops at `max_iters`, on non-finite potentials, at the
+      dtype's rounding floor above `tol`, or with a value not yet accurate
+      at a large epsilon (`Sinkhorn`). With `throw=False` the coupling is
+      returned with `converged=False` and the status in `result` (e.g.
+      `RESULTS.sinkhorn_max_iters_reached`).
 
     Sharded inputs: when `x` or `y` has its rows split over a mesh axis
     (`jax.device_put(x, NamedSharding(mesh, P("points")))`), every device

@@ -216,13 +216,16 @@ def initial_state(problem: DualProblem, step: AbstractStep, annealed: bool, f, g
 
 def sinkhorn_loop(problem: DualProblem, schedule: Schedule, step: AbstractStep,
                   state: SinkhornState, done, max_iters, progress) -> SinkhornState:
-    """Iterate `step` from `state` until `done(state)` or `max_iters`.
+    """Iterate `step` from `state` until `done(state)`, `max_iters`, or a NaN
+    marginal error (non-finite potentials: no later iteration recovers from
+    them, so the loop stops at once and the solve reports
+    `RESULTS.sinkhorn_nonfinite`).
 
     `progress(iteration, err)` reports after every iteration.
     """
 
     def cond(state):
-        return (state.it < max_iters) & ~done(state)
+        return (state.it < max_iters) & ~done(state) & ~jnp.isnan(state.err)
 
     def body(state):
         eps, at_target = schedule(state.it)

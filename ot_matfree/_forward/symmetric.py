@@ -33,7 +33,7 @@ def _solve_symmetric(
     x, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
 ) -> Coupling:
     """The averaged update `f <- (f + T(f)) / 2` from `f = 0` until the marginal
-    error is `<= solver.tol` or `max_iters`; the `Coupling` `(f, f)` with its
+    error is `<= solver.tol`, `max_iters` or NaN; the `Coupling` `(f, f)` with its
     diagnostics (and, with `throw`, its check)."""
     f0 = jnp.zeros((x.shape[0],), x.dtype)
     if sharding is not None:
@@ -49,7 +49,7 @@ def _solve_symmetric(
 
     def cond(state):
         it, _, _, err = state
-        return (it < solver.max_iters) & ~(err <= solver.tol)
+        return (it < solver.max_iters) & ~(err <= solver.tol) & ~jnp.isnan(err)
 
     def body(state):
         it, f, tf, _ = state
@@ -66,7 +66,7 @@ def _solve_symmetric(
     total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
     coupling = problem.coupling(
         f, f, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, f, total_mass),
-        result=sinkhorn_status(err, solver),
+        result=sinkhorn_status(err, solver.tol),
     )
     return finish(coupling, throw)
 

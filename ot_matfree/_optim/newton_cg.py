@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
-from ._tree import tree_dot, tree_where
+from ._tree import check_one_dtype, tree_dot, tree_where
 from .steihaug import NewtonCGDescent, NewtonCGDescentState, hessian_operator
 
 
@@ -88,7 +88,21 @@ class NewtonCG(optx.AbstractMinimiser):
     - `num_cg_steps`: CG updates (an HVP that detects non-positive curvature
       is counted in `num_hvps` but makes no update);
     - `num_negative_curvature`: inner solves stopped by non-positive curvature;
+    - `num_saddle_escapes`: negative-curvature steps out of a stationary
+      point that is not a minimum (below);
     - `num_search_steps`: rejected trial points (line-search backtracks).
+
+    Saddles and maxima: where the iteration would stop (two accepted points
+    within `rtol`, `atol`), the Hessian is probed by a few Lanczos steps
+    (`saddle_probe_steps`, from a random start) instead of the CG solve;
+    curvature below `-eps ** (1/4)` times the largest found (a saddle or a
+    maximum, which a zero gradient, or one confined to a subspace by
+    symmetry, hides from CG), along which a step of length `max(|y|, 1)`
+    would lower the quadratic model by more than `atol + rtol |f|`, gives
+    such a step (shortened by the line search), and the run goes on.
+    So a run started at (or led to) a maximum or a saddle does not stop
+    there; where it reports success, the probe saw no clearly negative
+    curvature.
 
     Failures follow optimistix: `max_steps` reached raises with `throw=True`
     (`optimistix.RESULTS.nonlinear_max_steps_reached` with `throw=False`), a
@@ -121,6 +135,7 @@ class NewtonCG(optx.AbstractMinimiser):
         search: optx.AbstractSearch = optx.BacktrackingArmijo(),
         forcing: str | float = "eisenstat-walker",
         cg_max_steps: int | None = None,
+        saddle_probe_steps: int = 10,
         linearise: bool = True,
         warm_start: Callable[[Any, Any], Any] | None = None,
         verbose: bool | Callable[..., None] = False,
@@ -140,6 +155,10 @@ class NewtonCG(optx.AbstractMinimiser):
           superlinear convergence) or a fixed relative residual in (0, 1).
         - `cg_max_steps`: CG steps per Newton step; `None` means the number of
           parameters.
+        - `saddle_probe_steps`: Lanczos steps (HVPs) of the curvature probe
+          run where the iteration would stop (in place of that point's CG
+          solve, which is not needed there); capped at the number of
+          parameters; `0` turns it off (and stops at any stationary point).
         - `linearise`: evaluate HVPs through one `jax.linearize` per point
           (one Sinkhorn solve per point); `False` calls
           `jax.jvp(jax.grad(fn))` per HVP instead (re-solves; for functions
@@ -172,7 +191,9 @@ class NewtonCG(optx.AbstractMinimiser):
         self.rtol = rtol
         self.atol = atol
         self.norm = norm
-        self.descent = NewtonCGDescent(forcing=forcing, max_steps=cg_max_steps)
+        self.descent = NewtonCGDescent(
+            forcing=forcing, max_steps=cg_max_steps, probe_steps=saddle_probe_steps
+        )
         self.search = search
         self.linearise = linearise
         if warm_start is not None and not callable(warm_start):
@@ -195,6 +216,7 @@ class NewtonCG(optx.AbstractMinimiser):
             )
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> NewtonCGState:
+        check_one_dtype(y, "NewtonCG")
         f_info = optx.FunctionInfo.EvalGrad(jnp.zeros(f_struct.shape, f_struct.dtype), y)
         f_info_struct = jax.eval_shape(lambda: f_info)
         return NewtonCGState(
@@ -239,12 +261,21 @@ class NewtonCG(optx.AbstractMinimiser):
             f_info = optx.FunctionInfo.EvalGradHessian(
                 f_eval, grad, hessian_operator(hvp, state.y_eval)
             )
-            descent_state = self.descent.query(state.y_eval, f_info, descent_state)
             terminate = _cauchy_termination(
                 self.rtol, self.atol, self.norm, state.y_eval, y_diff, f_eval,
                 f_eval - state.f_info.f,
             )
             terminate = ~state.first_step & terminate
+            # Where it would stop, probe the curvature instead of solving
+            # for a Newton step: at a saddle or a maximum (zero gradient, or
+            # one confined by symmetry) the direction is one of negative
+            # curvature, and the run goes on.
+            escapes = descent_state.num_saddle_escapes
+            descent_state = self.descent.query(
+                state.y_eval, f_info, descent_state, probe=terminate,
+                min_decrease=self.atol + self.rtol * jnp.abs(f_eval),
+            )
+            terminate = terminate & (descent_state.num_saddle_escapes == escapes)
             return state.y_eval, optx.FunctionInfo.EvalGrad(f_eval, grad), aux_eval, (
                 descent_state), terminate, jnp.isfinite(f_eval)
 
@@ -311,6 +342,7 @@ class NewtonCG(optx.AbstractMinimiser):
             num_hvps=d.num_hvps,
             num_cg_steps=d.num_cg_steps,
             num_negative_curvature=d.num_negative_curvature,
+            num_saddle_escapes=d.num_saddle_escapes,
             num_search_steps=state.num_evaluations - state.num_accepted_steps,
         )
         return y, aux, stats

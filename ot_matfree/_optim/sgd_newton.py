@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from ._tree import check_one_dtype
 from .lanczos import min_hessian_eigenvalue
 from .newton_cg import NewtonCG
 
@@ -90,8 +91,12 @@ def sgd_newton(
     - `lanczos_steps`: Lanczos steps (HVPs) per check.
 
     **Returns:** the `optimistix.Solution` of stage 2, whose `stats` also hold
-    `num_sgd_steps`, `positive_definite` (the last check's verdict) and
-    `min_eigenvalue` (its smallest Ritz value).
+    `num_sgd_steps`, `positive_definite` (the verdict of stage 1's last
+    check, at the point stage 2 starts from) and `min_eigenvalue` (its
+    smallest Ritz value). Stage 2 does not stop at a saddle or a maximum
+    (`NewtonCG` probes the curvature where it would stop), so it may report
+    `successful` after an indefinite start: the point it returns is where
+    its probe saw no clearly negative curvature.
     """
     leaves = jax.tree.leaves(source)
     if not leaves:
@@ -105,6 +110,7 @@ def sgd_newton(
         raise ValueError("`max_sgd_steps` must be >= 0 and `check_every` >= 1.")
     if not isinstance(newton, NewtonCG):
         raise TypeError(f"`newton` must be an ot_matfree.NewtonCG, got {type(newton).__name__}.")
+    check_one_dtype(params0, "sgd_newton")
     dtype = jnp.result_type(*jax.tree.leaves(params0))
     grad = jax.grad(fn)
 

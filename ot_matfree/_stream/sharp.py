@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._core.coupling import Coupling
-from .pair import block_width, contract_block
 from .engine import stream
+from .pair import block_width, contract_block
 
 
 def cost_marginals(coupling: Coupling) -> tuple[Float[Array, " n"], Float[Array, " m"]]:

@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from ..helpers import smoke_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -14,6 +16,7 @@ def _row(out, method):
     return [cell.strip() for cell in row.split("|")[1:-1]]
 
 
+@pytest.mark.slow  # 35 s on the 2-core CI machine (CI keeps under 15 minutes)
 def test_generative_mlp_quick(tmp_path):
     png = tmp_path / "6_generative_mlp.png"
     proc = subprocess.run(

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from ..helpers import smoke_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -25,6 +27,7 @@ def _tables(out: str) -> dict[str, dict[str, list[str]]]:
     return tables
 
 
+@pytest.mark.slow  # 30 s on the 2-core CI machine (CI keeps under 15 minutes)
 def test_gradient_flows_quick(tmp_path):
     png = tmp_path / "2_gradient_flows.png"
     script = ROOT / "examples" / "2_gradient_flows.py"

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ..helpers import smoke_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -80,6 +82,7 @@ def test_examples_load_and_answer_help():
         assert re.search(rf"usage: {re.escape(path.name)}", out), path.name
 
 
+@pytest.mark.slow  # 85 s on the 2-core CI machine; the Hessians are checked in tests/oracles
 def test_divergence_hessians_example(tmp_path):
     png = tmp_path / "1_divergence_hessians.png"
     out = _run(EXAMPLES / "1_divergence_hessians.py", "--ci", "--out", png)
@@ -87,6 +90,7 @@ def test_divergence_hessians_example(tmp_path):
     assert "finite diff." in out and "relative difference to ott implicit" in out
 
 
+@pytest.mark.slow  # 32 s; the spectral solvers it times are checked in tests/unit
 def test_conditioning_smoke(tmp_path):
     md = tmp_path / "conditioning.md"
     _run(ROOT / "benchmarks" / "conditioning.py", "--smoke", "--out", md)
@@ -100,6 +104,7 @@ def _final_loss(out, method):
     return float(row.split("|")[5])
 
 
+@pytest.mark.slow  # 32 s; sgd_newton and NewtonCG are tested in tests/unit
 def test_shuffled_regression_quick(tmp_path):
     png = tmp_path / "4_shuffled_regression.png"
     out = _run(EXAMPLES / "4_shuffled_regression.py", "--quick", "--out", png)

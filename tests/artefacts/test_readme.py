@@ -73,7 +73,13 @@ def run_python(code: str, tmp_path: pathlib.Path, **env) -> str:
     """Run `code` in a fresh interpreter on the CPU, with this checkout's
     package first on the path, in an empty directory; return its stdout."""
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", **env}
+    # XLA's default flags, as a user runs the blocks (conftest.py compiles the
+    # tests themselves faster; printed counts may differ under those flags).
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+        flags = flags.replace(flag, "")
+    env = {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(),
+           **env}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"the block failed:\n{code}\n--- stderr ---\n{proc.stderr[-4000:]}"

@@ -27,6 +27,7 @@ def smoke(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # 21 s; test_benchmarks_smoke.py runs the peers' quick mode
 def test_outputs(smoke):
     payload = json.loads((smoke / "suite_cpu.json").read_text())
     assert payload["device"]["platform"] == "cpu"

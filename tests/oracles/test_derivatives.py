@@ -18,7 +18,10 @@ from ..helpers import RTOL, centred, ott_cost, problem, rel_err
 # Reference couplings at float64's rounding floor of the marginal error. Plain
 # Sinkhorn lands below 1e-14 on these problems; adaptive momentum (the default)
 # stops at a fixed point of its rounded iteration with 1.27e-14 on the first.
-TIGHT = om.Sinkhorn(tol=1e-14, max_iters=100_000, momentum=None)
+# (1e-13: float64's measurable floor of the marginal error on these problems is
+# 1e-14 to 7e-14; at 1e-14 0.3.0 claimed convergence on the iteration's own
+# estimate, which a separate pass does not confirm. Oracle tolerances unchanged.)
+TIGHT = om.Sinkhorn(tol=1e-13, max_iters=100_000, momentum=None)
 CG = om.CG(rtol=1e-13)
 
 
@@ -90,7 +93,10 @@ def test_hessian_x_matches_ott():
     assert rel_err(om.hessian_x(coupling), expected) < RTOL
 
 
-@pytest.mark.parametrize("cost_fn", [costs.SqPNorm(p=3.0), costs.Cosine()], ids=["sqpnorm3", "cosine"])
+# (SqPNorm(3) is slow: 32 s; test_losses.py::test_hessian_with_a_non_euclidean_cost
+# checks the same per-pair path with it.)
+@pytest.mark.parametrize("cost_fn", [pytest.param(costs.SqPNorm(p=3.0), marks=pytest.mark.slow),
+                                     costs.Cosine()], ids=["sqpnorm3", "cosine"])
 def test_non_euclidean_cost_matches_ott(cost_fn):
     n, m, d, epsilon = 9, 8, 3, 0.1
     x, y, a, b = problem(4, n, m, d)
@@ -240,7 +246,7 @@ def test_float32_hvp_is_finite_and_close_to_float64():
     assert rel_err(hv.astype(jnp.float64), ref) < 1e-3
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(
     n=st.integers(3, 16),
     m=st.integers(3, 16),

@@ -110,7 +110,9 @@ def test_uniform_weights_default():
     assert rel_err(hess, ref) < RTOL
 
 
-@pytest.mark.parametrize("arg", [0, 2], ids=["x", "a"])
+# (The weights' case is slow, 22 s: test_derivatives.py checks weight Hessians
+# against ott-jax, and the divergence is three such terms.)
+@pytest.mark.parametrize("arg", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["x", "a"])
 def test_divergence_hessian(arg):
     x, y, a, b = problem(4, N, M, D)
     hess = jax.jit(jax.hessian(ours(om.sinkhorn_divergence), argnums=arg))(x, y, a, b)
@@ -130,6 +132,7 @@ def test_divergence_value():
     assert abs(float(value - ref)) <= RTOL * abs(float(ref))
 
 
+@pytest.mark.slow  # 17 s; NewtonCG's registration tests differentiate through parameters too
 def test_composition_with_parameters():
     """`theta -> x = z @ theta`: gradient and Hessian by JAX's chain rule."""
     z, y, a, b = problem(5, N, M, D)
@@ -286,6 +289,7 @@ def test_divergence_with_a_non_euclidean_cost_finite_differences():
     assert rel_err(hv, central_difference(grad, (x,), (v,), 1e-5)) < 1e-7
 
 
+@pytest.mark.slow  # 29 s; test_derivatives.py checks float32 HVPs against float64
 def test_float32_sinkhorn_distance_hvp_is_finite_and_close_to_float64():
     # n = 3,000 pads the last block in float32, the configuration in which
     # materialised zero tangents met the jaxlib CPU fusion bug (NaN); the

@@ -19,7 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def _env(devices: int | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        # (Compiled with the fast flags of the rest of the tests: conftest.py.)
+        env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                            "--xla_backend_optimization_level=0 "
+                            "--xla_cpu_use_fusion_emitters=false")
     return env
 
 
@@ -39,7 +42,16 @@ def _run(*args, devices: int | None = None) -> str:
 
 
 def test_sharded_equals_single_device():
+    """The subset of `tests/sharded_checks.py` that covers every sharded path."""
     out = _run(ROOT / "tests" / "sharded_checks.py", devices=4)
+    assert "all sharded checks passed" in out
+    assert "FAIL" not in out
+
+
+@pytest.mark.slow
+def test_sharded_equals_single_device_every_function():
+    """Every check: each linear solver's hvp_x, the spectrum, all three losses."""
+    out = _run(ROOT / "tests" / "sharded_checks.py", "--full", devices=4)
     assert "all sharded checks passed" in out
     assert "FAIL" not in out
 

@@ -256,7 +256,9 @@ def test_default_reaches_float64_floor(n, m, d, epsilon):
 #: module's problem (the second solve of `check_variant`, so no extra
 #: compilation), recorded before the Sinkhorn loop became step objects (0.3),
 #: which kept every count and every result bit for bit. A change to an
-#: iteration shows here first; update the numbers only on purpose.
+#: iteration shows here first; update the numbers only on purpose. Counted
+#: under the tests' XLA flags (`conftest.py`), which round differently in the
+#: last bits: two counts differ from XLA's default, noted beside them.
 PINNED = {
     "plain": (dict(momentum=None), 1246, 2492),
     "momentum 1.5": (VARIANTS["momentum 1.5"], 401, 802),
@@ -264,9 +266,9 @@ PINNED = {
     "anderson 5": (VARIANTS["anderson 5"], 549, 1098),
     "scaling 0.7": (VARIANTS["scaling 0.7"], 3043, 6086),
     "scaling 0.7 + adaptive": (VARIANTS["scaling 0.7 + adaptive"], 322, 644),
-    "scaling 0.5 + anderson 3": (VARIANTS["scaling 0.5 + anderson 3"], 2258, 4516),
+    "scaling 0.5 + anderson 3": (VARIANTS["scaling 0.5 + anderson 3"], 2185, 4370),  # 2258, 4516
     "newton plain entry": (dict(momentum=None, newton=0.1), 645, 1289),
-    "newton adaptive entry": (dict(newton=0.1), 168, 335),
+    "newton adaptive entry": (dict(newton=0.1), 162, 323),  # 168, 335 at XLA's default flags
     "newton anderson entry": (dict(anderson=5, newton=0.5), 447, 893),
 }
 
