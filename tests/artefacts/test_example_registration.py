@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from ..helpers import smoke_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -14,6 +16,7 @@ def _final_loss(out, method):
     return float(row.split("|")[5])
 
 
+@pytest.mark.slow  # 27 s; tests/unit/test_optim_newton_cg.py runs the registration
 def test_registration_quick(tmp_path):
     png = tmp_path / "3_registration.png"
     proc = subprocess.run(

@@ -102,6 +102,7 @@ def test_hvp_forward_over_reverse():
     assert_joint_close(out, ref, RTOL)
 
 
+@pytest.mark.slow  # 14 s
 def test_uniform_weights_default():
     x, y, _, _ = problem(3, N, M, D)
     a, b = jnp.full((N,), 1 / N), jnp.full((M,), 1 / M)
@@ -247,6 +248,7 @@ def test_symmetric_self_term_matches_alternating_sinkhorn():
     assert rel_err(p.sum(0), a) < 1e-12
 
 
+@pytest.mark.slow  # 28 s; test_derivatives.py checks the per-pair path (Cosine) against ott-jax
 def test_hessian_with_a_non_euclidean_cost():
     """`jax.hessian` in x and the joint HVP with ott-jax's `SqPNorm(3)` (the per-pair autodiff path)."""
     from ott.geometry import costs
@@ -315,7 +317,7 @@ def test_float32_sinkhorn_distance_hvp_is_finite_and_close_to_float64():
     assert rel_err(hv32.astype(jnp.float64), hv64) < 1e-3
 
 
-@pytest.mark.parametrize("loss", [om.ot_cost, om.sinkhorn_distance])
+@pytest.mark.parametrize("loss", [om.ot_cost, pytest.param(om.sinkhorn_distance, marks=pytest.mark.slow)])
 def test_warm_start_and_returned_potentials(loss):
     x, y, a, b = problem(31, N, M, D)
     t = tangents(31, x, y, a, b)

@@ -149,6 +149,7 @@ def test_truncated_svd_matches_dense_on_circle(circle):
     assert not bool(cg_stats["converged"]) or rel_err(cg_out, dense) > 1e-7
 
 
+@pytest.mark.slow  # 17 s; the solver contract tests run TruncatedSVD on random weights
 def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
     """Non-uniform weights, n != m: the cut-off is on D^-1/2 H D^-1/2."""
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
