@@ -25,6 +25,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optimistix as optx  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -186,6 +187,23 @@ def main(full: bool):
     x = split(explicit, args[:1])[0]
     expect_error("rows not divisible", lambda: om.solve(x, jnp.ones((46, 2)), epsilon=EPS),
                  "not divisible by the 4 devices")
+    # Weights or initial potentials split while the clouds are whole (issue 21,
+    # defect 6: a while_loop carry TypeError or a ShardingTypeError in 0.3.0).
+    with jax.set_mesh(explicit):
+        a_split = split(explicit, args[2:3])[0]
+        expect_error("weights split, clouds whole",
+                     lambda: om.solve(args[0], args[1], a_split, epsilon=EPS), "`a` has its rows")
+        expect_error("weights split, clouds whole, a loss",
+                     lambda: om.ot_cost(args[0], args[1], a_split, epsilon=EPS), "`a` has its rows")
+        f_split = split(explicit, (jnp.zeros(64),))[0]
+        expect_error("init split, clouds whole",
+                     lambda: om.solve(*args, epsilon=EPS, init=f_split), "`init` has its rows")
+    # Same axis names and sizes, another device order: the message shows both orders.
+    reversed_mesh = jax.sharding.Mesh(np.array(jax.devices()[::-1]), ("points",),
+                                      axis_types=(AxisType.Explicit,))
+    y_reversed = jax.device_put(args[1], NamedSharding(reversed_mesh, P("points")))
+    expect_error("device order differs", lambda: om.solve(x, y_reversed, epsilon=EPS),
+                 "(devices [3, 2, 1, 0])")
     features = jax.device_put(jnp.ones((64, 4)), NamedSharding(explicit, P(None, "points")))
     expect_error("feature dimension sharded", lambda: om.solve(features, args[1], epsilon=EPS),
                  "feature dimension")

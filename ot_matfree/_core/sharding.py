@@ -170,6 +170,34 @@ def _row_axis(name: str, z) -> tuple[Mesh | AbstractMesh, str] | None:
     return None if rows is None else (sharding.mesh, rows)
 
 
+def _describe(mesh) -> str:
+    """A mesh with its devices in order: two meshes with the same axis names
+    and sizes print alike, and may still order their devices differently."""
+    devices = getattr(mesh, "devices", None)
+    if devices is None:
+        return str(mesh)
+    return f"{mesh} (devices {[d.id for d in np.ravel(devices)]})"
+
+
+def check_split_like_clouds(sharding: "RowSharding | None", **arrays) -> None:
+    """A `ValueError` naming the placement when one of `arrays` (weights,
+    initial potentials; `None` values skipped) has its rows split while the
+    clouds are whole (`sharding is None`): the split is read from the clouds,
+    so split them the same way, or keep the array whole."""
+    if sharding is not None:
+        return
+    for name, z in arrays.items():
+        place = None if z is None else _row_axis(name, z)
+        if place is not None:
+            axis = place[1]
+            raise ValueError(
+                f"`{name}` has its rows split over mesh axis {axis!r}, but `x` and `y` are "
+                "whole: the placement is read from the clouds. Split them the same way "
+                f"(`jax.device_put(x, NamedSharding(mesh, P({axis!r})))`), or keep `{name}` "
+                "whole."
+            )
+
+
 def row_sharding(**clouds) -> RowSharding | None:
     """How the point clouds (keyword arguments, named for the error messages)
     are split over devices.
@@ -196,7 +224,8 @@ def row_sharding(**clouds) -> RowSharding | None:
         if not same or other_axis != axis:
             raise ValueError(
                 f"`{first}` and `{name}` must have their rows sharded over the same mesh "
-                f"axis, got axis {axis!r} of {mesh} and axis {other_axis!r} of {other_mesh}."
+                f"axis, got axis {axis!r} of {_describe(mesh)} and axis {other_axis!r} of "
+                f"{_describe(other_mesh)}."
             )
         if isinstance(mesh, AbstractMesh):  # a tracer's; keep a concrete mesh when there is one
             mesh = other_mesh

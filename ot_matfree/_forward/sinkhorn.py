@@ -26,7 +26,7 @@ from .._core.checks import check_block_size, check_problem, error_if, error_if_f
 from .._core.costs import AbstractCost, SqEuclidean, as_cost
 from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
-from .._core.sharding import RowSharding, auto_partitioned, row_sharding
+from .._core.sharding import RowSharding, auto_partitioned, check_split_like_clouds, row_sharding
 from .dual import DualProblem
 from .newton import NEWTON_MIN_BUDGET, newton_phase
 from .steps import (
@@ -468,10 +468,12 @@ def solve_placed(
 ) -> Coupling:
     """`solve` with the clouds' placement given: the losses read it before their
     `jit`, where an `Auto`-axis placement is still visible (`_core/sharding.py`)."""
+    check_split_like_clouds(sharding, a=a, b=b)
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
     if not isinstance(solver, Sinkhorn):
         raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
     f_init, g_init = initial_potentials(init, x, y)
+    check_split_like_clouds(sharding, init=f_init, init_g=g_init)
     block_size = check_block_size(block_size)
     return _solve(
         x, y, a, b, epsilon, as_cost(cost), solver, f_init, g_init, block_size, sharding,
