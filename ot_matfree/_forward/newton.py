@@ -218,7 +218,8 @@ class NewtonPhase(eqx.Module):
 
         def cond(state):
             err = state.point.err
-            return (self.iterations(state.passes) < self.max_iters) & ~(err <= self.tol) & ~jnp.isnan(err)
+            going = (self.iterations(state.passes) < self.max_iters) & ~(err <= self.tol)
+            return going & ~jnp.isnan(err)
 
         start = NewtonState(self.point(f, g), self.passes0 + 1, jnp.asarray(True))
         # (Closures, not bound methods: JAX hashes the functions it is given.)

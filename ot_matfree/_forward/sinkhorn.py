@@ -250,14 +250,14 @@ def finish(coupling: Coupling, throw: bool) -> Coupling:
     return error_if_failed(coupling, coupling.result)
 
 
-def sinkhorn_status(err, tol) -> RESULTS:
-    """`successful` when the marginal error `err` is `<= tol`;
+def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
+    """`successful` when the marginal error `err` is `<= solver.tol`;
     `sinkhorn_nonfinite` when it is NaN (non-finite potentials stop the loop
     at once); else `sinkhorn_max_iters_reached`."""
     failed = RESULTS.where(
         jnp.isnan(err), RESULTS.sinkhorn_nonfinite, RESULTS.sinkhorn_max_iters_reached
     )
-    return RESULTS.where(err <= tol, RESULTS.successful, failed)
+    return RESULTS.where(err <= solver.tol, RESULTS.successful, failed)
 
 
 #: Sample of points (per cloud) whose largest finite cost is the annealing's
@@ -299,31 +299,29 @@ def centred_start(f, g, m: int):
     return f - shift, g
 
 
-def schedule_of(problem: DualProblem, solver: Sinkhorn) -> Schedule:
-    """The epsilon of each iteration: the target, or the annealing."""
-    q = solver.epsilon_scaling
-    if q is None:
-        return Schedule(problem.epsilon)
-    eps0 = initial_epsilon(problem.x, problem.y, problem.cost, problem.epsilon)
-    return Schedule(problem.epsilon, eps0, q)
-
-
-def sinkhorn_phase(problem: DualProblem, solver: Sinkhorn, schedule: Schedule,
-                   state: SinkhornState, tol, max_iters) -> SinkhornState:
-    """The Sinkhorn loop from `state`: until the error at the target epsilon
+def sinkhorn_phase(problem: DualProblem, solver: Sinkhorn, f, g) -> SinkhornState:
+    """The Sinkhorn loop from `(f, g)`: until the error at the target epsilon
     is `<= tol`, or below `solver.newton` with the budget for Newton steps
     left, or `max_iters` (or a NaN error)."""
+    q = solver.epsilon_scaling
+    if q is None:
+        schedule = Schedule(problem.epsilon)
+    else:
+        eps0 = initial_epsilon(problem.x, problem.y, problem.cost, problem.epsilon)
+        schedule = Schedule(problem.epsilon, eps0, q)
 
     def done(state: SinkhornState):
-        converged = state.err_target <= tol
+        converged = state.err_target <= solver.tol
         if solver.newton is None:
             return converged
         switch = (state.err_target <= solver.newton) & (
-            state.it + NEWTON_MIN_BUDGET <= max_iters
+            state.it + NEWTON_MIN_BUDGET <= solver.max_iters
         )
         return converged | switch
 
-    return sinkhorn_loop(problem, schedule, solver.step, state, done, max_iters,
+    step = solver.step
+    state = initial_state(problem, step, q is not None, f, g)
+    return sinkhorn_loop(problem, schedule, step, state, done, solver.max_iters,
                          lambda it, err: report_progress(solver, it, err))
 
 
@@ -334,8 +332,7 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
     error of its last `f` at the target epsilon, not at `eps_k`: one more
     `g` and `f` update there (two passes).
     """
-    f, g, f_hat, err = state.f_eval, state.g, state.f_hat, state.err_target
-    passes = 2 * state.it
+    f, g, f_hat, err, passes = state.f_eval, state.g, state.f_hat, state.err_target, 2 * state.it
     if solver.epsilon_scaling is None:
         return f, g, f_hat, err, passes
 
@@ -350,8 +347,7 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
     return f, g, f_hat, err, passes + jnp.where(state.at_target, 0, 2)
 
 
-def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes, tol,
-                  max_iters):
+def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes):
     """With `solver.newton`, Newton steps from the loop's last coupling unless
     the loop ended at `tol`, at `max_iters` or at a NaN error.
 
@@ -367,11 +363,11 @@ def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, 
 
     def newton(f, g, f_hat, err, it, passes):
         return newton_phase(
-            problem, f, g, it, passes, max_iters, tol,
+            problem, f, g, it, passes, solver.max_iters, solver.tol,
             lambda start, stop, e: report_progress_between(solver, start, stop, e),
         )
 
-    handover = (err > tol) & (it < max_iters)  # False on NaN
+    handover = (err > solver.tol) & (it < solver.max_iters)  # False on NaN
     return jax.lax.cond(handover, newton, no_newton, f, g, f_hat, err, it, passes)
 
 
@@ -387,18 +383,14 @@ def _solve(
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
     problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
-    tol, max_iters = jnp.asarray(solver.tol, x.dtype), jnp.asarray(solver.max_iters)
-    state = initial_state(problem, solver.step, solver.epsilon_scaling is not None, f_init, g_init)
-    state = sinkhorn_phase(problem, solver, schedule_of(problem, solver), state, tol, max_iters)
+    state = sinkhorn_phase(problem, solver, f_init, g_init)
     f, g, f_hat, err, passes = at_target(problem, solver, state)
     if sharding is not None:
         f, g, f_hat = sharding.place((f, g, f_hat), sharding.rows)
-    f, g, row, err, it, passes = newton_or_not(
-        problem, solver, f, g, f_hat, err, state.it, passes, tol, max_iters
-    )
+    f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, state.it, passes)
     coupling = problem.coupling(
         f, g, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)),
-        result=sinkhorn_status(err, solver.tol), num_passes=passes,
+        result=sinkhorn_status(err, solver), num_passes=passes,
     )
     return finish(coupling, throw)
 
@@ -442,9 +434,8 @@ def solve(
       constant), and it must be finite. Plain Sinkhorn starts with a `g`
       update, so it only uses `f`; momentum also starts from `g`.
     - `throw`: raise (`equinox.EquinoxRuntimeError`, also under `jit`) when
-      Sinkhorn fails: stops at `max_iters`, on non-finite potentials, at the
-      dtype's rounding floor above `tol`, or with a value not yet accurate
-      at a large epsilon (`Sinkhorn`). With `throw=False` the coupling is
+      Sinkhorn fails: stops at `max_iters`, or on non-finite potentials (a
+      NaN marginal error). With `throw=False` the coupling is
       returned with `converged=False` and the status in `result` (e.g.
       `RESULTS.sinkhorn_max_iters_reached`).
 

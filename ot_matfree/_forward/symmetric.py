@@ -66,7 +66,7 @@ def _solve_symmetric(
     total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
     coupling = problem.coupling(
         f, f, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, f, total_mass),
-        result=sinkhorn_status(err, solver.tol),
+        result=sinkhorn_status(err, solver),
     )
     return finish(coupling, throw)
 
