@@ -20,6 +20,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +69,20 @@ def test_nan_cost_stops_at_once_with_its_own_status(options):
     if not options:
         with pytest.raises(Exception, match="non-finite potentials"):
             om.solve(x, y, epsilon=0.1, cost=angular, solver=om.Sinkhorn(**options))
+
+
+def test_nan_cost_status_under_jit_and_jit_grad():
+    """The same failure is raised under `jit` and under `jit(grad)` of a loss,
+    and reported (not raised) under `jit` with `throw=False`."""
+    x, y = features(0, 10, 3), features(1, 7, 3)
+    x = x.at[4].set(0.0)
+    solve = eqx.filter_jit(lambda x: om.solve(x, y, epsilon=0.1, cost=angular, throw=False))
+    c = solve(x)
+    assert c.result == om.RESULTS.sinkhorn_nonfinite and not bool(c.converged)
+    with pytest.raises(Exception, match="non-finite potentials"):
+        jax.jit(lambda x: om.solve(x, y, epsilon=0.1, cost=angular).f)(x)
+    with pytest.raises(Exception, match="non-finite potentials"):
+        jax.jit(jax.grad(lambda x: om.ot_cost(x, y, epsilon=0.1, cost=angular)))(x)
 
 
 def test_nan_in_the_symmetric_self_term_stops_at_once():
@@ -176,7 +191,8 @@ def test_value_against_dense_float64_from_tiny_to_huge_epsilon(gaussians, dtype)
             continue
         assert bool(c.converged), (scale, float(c.marginal_error))
         want = dense_value(x, y, eps)
-        assert abs(float(c.reg_ot_cost) - want) <= rtol * mean_cost, (scale, float(c.reg_ot_cost), want)
+        got = float(c.reg_ot_cost)
+        assert abs(got - want) <= rtol * mean_cost, (scale, got, want)
 
 
 def test_review_reproducers_at_huge_epsilon():
