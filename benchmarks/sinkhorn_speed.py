@@ -10,7 +10,8 @@ process:
   `anderson=5`; `epsilon_scaling=0.5` (GeomLoss's default factor);
   `epsilon_scaling=0.5` with `momentum="adaptive"`; the default `Sinkhorn()`
   (adaptive momentum); Newton steps (`newton=0.1`) entered from adaptive
-  momentum or from `anderson=5`;
+  momentum or from `anderson=5`; L-BFGS on the semi-dual (`om.LBFGS()`,
+  its iterations are L-BFGS steps, each one pass or more: compare passes);
 - ott-jax 0.6 `Sinkhorn` (lse mode, `PointCloud`, `inner_iterations=10`, no
   implicit differentiation needed for a forward solve): plain;
   `Momentum(start=20)` and `Momentum(start=100)` (Lehmann et al.'s adaptive
@@ -58,9 +59,9 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TOL = 1e-6
 
 
-def ours(options):
+def ours(options, kind=om.Sinkhorn):
     def run(x, y, epsilon, max_iters):
-        solver = om.Sinkhorn(tol=TOL, max_iters=max_iters, **options)
+        solver = kind(tol=TOL, max_iters=max_iters, **options)
         c = om.solve(x, y, epsilon=epsilon, solver=solver, throw=False)
         return c.f, c.g, c.num_iters, c.converged, c.num_passes
 
@@ -114,6 +115,7 @@ SOLVERS = {
     "ours default": ours({}),
     "ours newton 0.1 (adaptive entry)": ours(dict(momentum="adaptive", newton=0.1)),
     "ours newton 0.1 (anderson entry)": ours(dict(anderson=5, newton=0.1)),
+    "ours lbfgs": ours({}, om.LBFGS),
     "ott plain": ott("plain"),
     "ott momentum start=20": ott("momentum 20"),
     "ott momentum start=100": ott("momentum 100"),

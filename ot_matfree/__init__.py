@@ -4,6 +4,7 @@ import importlib.metadata as _metadata
 
 from ._core.costs import AbstractCost as AbstractCost
 from ._core.costs import FunctionCost as FunctionCost
+from ._core.costs import MatrixCost as MatrixCost
 from ._core.costs import SqEuclidean as SqEuclidean
 from ._core.coupling import Coupling as Coupling
 from ._forward.from_ott import from_ott as from_ott
@@ -27,6 +28,7 @@ from ._optim.newton_cg import NewtonCG as NewtonCG
 from ._optim.sgd_newton import sgd_newton as sgd_newton
 from ._optim.steihaug import NewtonCGDescent as NewtonCGDescent
 from ._core.results import RESULTS as RESULTS
+from ._forward.lbfgs import LBFGS as LBFGS
 from ._forward.sinkhorn import Sinkhorn as Sinkhorn
 from ._forward.sinkhorn import solve as solve
 from ._linear.base import AbstractHSolver as AbstractHSolver
@@ -37,6 +39,7 @@ from ._linear.dense import DenseSolver as DenseSolver
 from ._linear.spectral_cg import SpectralCG as SpectralCG
 from ._linear.truncated_svd import TruncatedSVD as TruncatedSVD
 from . import internal as internal
+from . import matrix as matrix
 
 try:
     __version__ = _metadata.version("ot-matfree")

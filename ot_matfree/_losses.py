@@ -25,16 +25,19 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from ._core.checks import check_block_size, check_problem
-from ._core.costs import AbstractCost, SqEuclidean, as_cost
+from ._core.checks import (
+    check_block_size, check_cost_matrix, check_problem, cost_matrix_and_ids, error_if,
+)
+from ._core.costs import AbstractCost, MatrixCost, SqEuclidean, as_cost, column_ids
 from ._core.coupling import BlockSize, Coupling
 from ._core.sharding import auto_partitioned, row_sharding
 from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._forward.config import Config
-from ._forward.sinkhorn import Sinkhorn
+from ._forward.sinkhorn import Sinkhorn, check_forward_solver
 from ._linear.base import AbstractHSolver
 from ._linear.cg import CG
 from ._stream.sharp import cost_marginals, sharp_gradients
@@ -171,6 +174,25 @@ def _divergence_value(x, y, a, b, epsilon, *, config: Config):
     return xy - 0.5 * (xx + yy), potentials
 
 
+# A cost matrix's self term `OT(C, a, a)`: `C` is the coupling's `x` (its
+# column points `ids` have no tangent) and `a` both weights, so the weight
+# tangent is duplicated and the weight derivatives added.
+_matrix_self_value = _with_gradient(
+    _transport_value_and_grad(
+        lambda C, ids, a, epsilon, config: config.solve_self(C, a, epsilon, y=ids),
+        expand=lambda t: (t[0], None, t[2], t[2]),
+        fold=lambda g: (g[0], g[1], g[2] + g[3]),
+    )
+)
+
+
+def _matrix_divergence_value(C_xy, C_xx, C_yy, ids_n, ids_m, a, b, epsilon, *, config: Config):
+    xy, potentials = _ot_value(C_xy, ids_m, a, b, epsilon, config=config)
+    xx, _ = _matrix_self_value(C_xx, ids_n, a, epsilon, config=config)
+    yy, _ = _matrix_self_value(C_yy, ids_m, b, epsilon, config=config)
+    return xy - 0.5 * (xx + yy), potentials
+
+
 # --- Public entry points -----------------------------------------------------
 
 
@@ -201,16 +223,70 @@ def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size
 def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding,
                   throw, init, return_potentials):
     # `None` weights become uniform constants: never differentiated.
-    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
-    if not isinstance(solver, Sinkhorn):
-        raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
-    check_linear_solver(linear_solver)
-    config = Config(
-        as_cost(cost), solver, linear_solver, block_size, sharding, throw,
-        jax.lax.stop_gradient(init),
-    )
+    cost = as_cost(cost)
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, cost)
+    config = _config(cost, solver, linear_solver, block_size, sharding, throw, init)
     value, potentials = loss(x, y, a, b, epsilon, config=config)
     return (value, jax.lax.stop_gradient(potentials)) if return_potentials else value
+
+
+def _config(cost, solver, linear_solver, block_size, sharding, throw, init=None) -> Config:
+    """The losses' `Config`, its solvers checked."""
+    check_forward_solver(solver)
+    check_linear_solver(linear_solver)
+    return Config(
+        cost, solver, linear_solver, block_size, sharding, throw, jax.lax.stop_gradient(init)
+    )
+
+
+def matrix_divergence(C_xy, C_xx, C_yy, a, b, *, epsilon, solver, linear_solver, block_size,
+                      throw):
+    """`ot_matfree.matrix.sinkhorn_divergence` (its docstring): the divergence
+    of three cost matrices, checked and compiled."""
+    block_size = check_block_size(block_size)
+    sharding = row_sharding(C_xy=C_xy, C_xx=C_xx, C_yy=C_yy)
+    return _matrix_divergence_jit(
+        C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size, sharding, bool(throw)
+    )
+
+
+#: How far from symmetric a self-cost matrix may be, relative to its largest
+#: entry, in units of the square root of its dtype's machine epsilon.
+SYMMETRY_TOL = 1.0
+
+
+def check_symmetric(name: str, C: Array) -> Array:
+    """`C`, raising at run time unless `|C - C^T| <= SYMMETRY_TOL sqrt(eps) max |C|`."""
+    tol = SYMMETRY_TOL * float(np.sqrt(np.finfo(C.dtype).eps))
+    gap = jnp.max(jnp.abs(C - C.T))
+    return error_if(
+        C, ~(gap <= tol * jnp.max(jnp.abs(C))),
+        f"`{name}` must be symmetric (a self-cost matrix, `c(x_i, x_j) = c(x_j, x_i)`) to "
+        f"within {tol:.1e} of its largest entry; symmetrise it with `({name} + {name}.T) / 2`.",
+    )
+
+
+@eqx.filter_jit
+@auto_partitioned
+def _matrix_divergence_jit(C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size,
+                           sharding, throw):
+    C_xy, ids_m = cost_matrix_and_ids("C_xy", C_xy)
+    n, m = C_xy.shape
+    for name, C, size in (("C_xx", C_xx, n), ("C_yy", C_yy, m)):
+        if jnp.shape(C) != (size, size):
+            raise ValueError(
+                f"`{name}` must have shape ({size}, {size}) to match `C_xy` {C_xy.shape}, "
+                f"got {jnp.shape(C)}."
+            )
+    C_xy, ids_m, a, b, epsilon = check_problem(C_xy, ids_m, a, b, epsilon, MatrixCost())
+    C_xx = check_symmetric("C_xx", check_cost_matrix("C_xx", jnp.asarray(C_xx, C_xy.dtype)))
+    C_yy = check_symmetric("C_yy", check_cost_matrix("C_yy", jnp.asarray(C_yy, C_xy.dtype)))
+    config = _config(MatrixCost(), solver, linear_solver, block_size, sharding, throw)
+    ids_n = column_ids(n, C_xy.dtype)
+    value, _ = _matrix_divergence_value(
+        C_xy, C_xx, C_yy, ids_n, ids_m, a, b, epsilon, config=config
+    )
+    return value
 
 
 def ot_cost(

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PyTree
 
+from .costs import column_ids, is_matrix
 from .coupling import BlockSize
 from .results import RESULTS
 
@@ -48,12 +49,14 @@ def error_if_failed(tree: PyTree, result: RESULTS) -> PyTree:
     return _tie(tree, token)
 
 
-def check_points(name: str, z) -> Array:
+def _check_array(name: str, z, shape_msg: str) -> Array:
+    """`z` as a 2-D floating array of at least 32 bits with at least one row;
+    raises at call time otherwise."""
     z = jnp.asarray(z)
     if z.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (num_points, dim), got shape {z.shape}.")
-    if z.shape[0] == 0:
-        raise ValueError(f"`{name}` has no points.")
+        raise ValueError(f"`{name}` must have shape {shape_msg}, got shape {z.shape}.")
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"`{name}` is empty (shape {z.shape}).")
     if not jnp.issubdtype(z.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {z.dtype}.")
     if jnp.finfo(z.dtype).bits < 32:
@@ -61,7 +64,30 @@ def check_points(name: str, z) -> Array:
             f"`{name}` has dtype {z.dtype}: Sinkhorn and the H-solves are not accurate below "
             f"float32 (HVPs 10x off); convert with `{name}.astype(jnp.float32)`."
         )
+    return z
+
+
+def _check_finite_array(name: str, z, shape_msg: str) -> Array:
+    """`_check_array`, and a run-time error where `z` has NaN or inf."""
+    z = _check_array(name, z, shape_msg)
     return error_if(z, ~jnp.all(jnp.isfinite(z)), f"`{name}` contains NaN or inf.")
+
+
+def check_points(name: str, z) -> Array:
+    return _check_finite_array(name, z, "(num_points, dim)")
+
+
+def cost_matrix_and_ids(name: str, C) -> tuple[Array, Array]:
+    """A cost matrix checked for shape and dtype (its values are checked by
+    `check_problem`), and `MatrixCost`'s column points for it."""
+    C = _check_array(name, C, "(n, m)")
+    return C, column_ids(C.shape[1], C.dtype)
+
+
+def check_cost_matrix(name: str, C) -> Array:
+    """A finite 2-D floating cost matrix (call-time shape and dtype checks,
+    run-time values)."""
+    return _check_finite_array(name, C, "(n, m)")
 
 
 #: How far from 1 the sum of given weights may be (`check_weights`): the square
@@ -152,11 +178,24 @@ def check_block_size(block_size) -> BlockSize:
     return int(block_size)
 
 
-def check_problem(x, y, a, b, epsilon):
-    """Validate a balanced OT problem; `None` weights become uniform."""
-    x = check_points("x", x)
-    y = check_points("y", y)
-    check_same_dim(x, y)
+def check_problem(x, y, a, b, epsilon, cost=None):
+    """Validate a balanced OT problem; `None` weights become uniform.
+
+    For a `MatrixCost`, `x` is the cost matrix `C` (n, m) and `y` its column
+    points (`column_ids(m)`, made by `ot_matfree.matrix`).
+    """
+    if cost is not None and is_matrix(cost):
+        x = check_cost_matrix("C", x)
+        if jnp.shape(y) != (x.shape[1], 1):
+            raise ValueError(
+                f"A cost-matrix problem's column points must be `column_ids({x.shape[1]})`, "
+                f"got shape {jnp.shape(y)}."
+            )
+        y = jnp.asarray(y, x.dtype)
+    else:
+        x = check_points("x", x)
+        y = check_points("y", y)
+        check_same_dim(x, y)
     a = check_weights("a", a, x.shape[0], x.dtype)
     b = check_weights("b", b, y.shape[0], x.dtype)
     return x, y, a, b, check_epsilon(epsilon, x.dtype)

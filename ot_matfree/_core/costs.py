@@ -4,6 +4,13 @@ A cost is called on single points; `matrix` evaluates it on a block of rows
 against all columns. Squared Euclidean evaluates blocks with a matrix product;
 any other twice-differentiable JAX callable (ott-jax `CostFn` instances
 included) is evaluated pair by pair with `vmap`.
+
+A cost is also where the costs come from: `MatrixCost` reads them from a
+given n x m matrix `C`, whose rows are then the "points" `x_i` and whose
+column indices `j` the points `y_j` (`c(C_i, j) = C_ij`). Everything above
+the streaming reductions (operators, solvers, derivative rules, losses) is
+the same for both; the reductions that differentiate the cost
+(`_stream/pair.py`) take its derivatives, which for a matrix select entries.
 """
 
 import abc
@@ -103,6 +110,78 @@ class _TransposedCost(AbstractCost):
 
     def transpose(self):
         return self.cost
+
+
+class MatrixCost(AbstractCost):
+    """Costs read from a matrix: `c(C_i, j) = C_ij`.
+
+    A coupling of this cost holds `C` (n, m) as its `x` (row `i` of `C` is
+    the "point" `x_i`) and the column indices `0, ..., m - 1` as its `y`
+    (shape (m, 1), in `C`'s floating dtype: exact below 2^24 columns in
+    float32); `ot_matfree.matrix` builds both. A block of rows is a slice of
+    `C`'s rows, so the streaming reductions slice `C` in the same row blocks
+    in which they stream a point cloud, and a sharded `C` (rows split over
+    devices) passes its column indices round the ring like a cloud.
+
+    The cost is linear in `C`: its gradient with respect to the row `C_i` at
+    column `j` is the unit vector `e_j`, its gradient with respect to the
+    index is zero, and its second derivatives are zero. So the gradient of
+    a loss with respect to `C` is a matrix of the entries the reductions
+    contract (`sum_j W_ij grad_1 c_ij` puts `W_ij` at `(i, j)`), and the
+    HVP's per-pair second-order terms vanish.
+    """
+
+    def __call__(self, x, y):
+        return jnp.take(x, column_index(y)[0])
+
+    def matrix(self, x, y):
+        return select_columns(x, y)
+
+    def transpose(self):
+        return TransposedMatrixCost()
+
+
+class TransposedMatrixCost(AbstractCost):
+    """`MatrixCost` with its arguments swapped: `c(j, C_i) = C_ij`, the cost of
+    the transposed coupling (rows: the column indices; columns: `C`'s rows)."""
+
+    def __call__(self, y, x):
+        return jnp.take(x, column_index(y)[0])
+
+    def matrix(self, y, x):
+        return select_columns(x, y).T
+
+    def transpose(self):
+        return MatrixCost()
+
+
+def column_index(ids: Float[Array, "c 1"]) -> Array:
+    """Integer column indices from `MatrixCost`'s index points (shape (c, 1))."""
+    return jax.lax.stop_gradient(ids[..., 0]).astype(jnp.int32)
+
+
+def select_columns(rows: Float[Array, "k m"], ids: Float[Array, "c 1"]) -> Float[Array, "k c"]:
+    """The columns `ids` of a block of `C`'s rows (`rows[:, ids]`).
+
+    When `ids` has as many entries as `C` has columns it is all of them, in
+    order (`column_ids`; a block or a device's chunk is a proper subset), and
+    the block is `rows` itself, with no gather.
+    """
+    if ids.shape[0] == rows.shape[1]:
+        return rows
+    return jnp.take(rows, column_index(ids), axis=1)
+
+
+def column_ids(m: int, dtype) -> Float[Array, "m 1"]:
+    """`MatrixCost`'s points `y`: the column indices `0, ..., m - 1`, shape (m, 1)."""
+    if m > 2 ** jnp.finfo(dtype).nmant:
+        raise ValueError(f"{m} columns cannot be indexed exactly in {jnp.dtype(dtype)}.")
+    return jnp.arange(m, dtype=dtype)[:, None]
+
+
+def is_matrix(cost: AbstractCost) -> bool:
+    """Whether `cost` reads a cost matrix (either orientation)."""
+    return isinstance(cost, (MatrixCost, TransposedMatrixCost))
 
 
 def as_cost(cost) -> AbstractCost:

@@ -88,11 +88,13 @@ class Coupling(eqx.Module):
 
     **Fields:**
 
-    - `x`, `y`, `a`, `b`: points (n, d), (m, d) and weights (n,), (m,).
+    - `x`, `y`, `a`, `b`: points (n, d), (m, d) and weights (n,), (m,). For
+      a cost matrix (`MatrixCost`, `ot_matfree.matrix`), `x` is the matrix
+      `C` (n, m) and `y` its column indices (m, 1).
     - `f`, `g`: dual potentials.
     - `epsilon`, `cost`: the regularisation and the ground cost.
     - `num_iters`: Sinkhorn iterations used (a Newton step counts as half its
-      streaming passes, rounded up).
+      streaming passes, rounded up), or L-BFGS steps (`solver=LBFGS()`).
     - `marginal_error`: `|P 1 - a|_1 + |P^T 1 - b|_1` of this coupling (`solve`
       ends on a `g` update, so its column term is zero up to rounding).
     - `reg_ot_cost`: the regularised OT cost (ott-jax's `reg_ot_cost`).

@@ -21,10 +21,21 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
         "`coupling.converged` / `coupling.result` yourself."
     )
     sinkhorn_nonfinite = (
-        "ot_matfree: Sinkhorn produced non-finite potentials (a NaN marginal error), so it "
-        "stopped at once. Check the cost for NaN or overflow at the given points (e.g. a norm "
-        "or an angle at a zero vector, squared distances beyond the dtype's range) and `init` "
-        "(potentials so large that their differences overflow)."
+        "ot_matfree: Sinkhorn (or L-BFGS) produced non-finite potentials (a NaN marginal "
+        "error), so it stopped at once. Check the cost for NaN or overflow at the given points "
+        "(e.g. a norm or an angle at a zero vector, squared distances beyond the dtype's "
+        "range) and `init` (potentials so large that their differences overflow)."
+    )
+    lbfgs_max_iters_reached = (
+        "ot_matfree: L-BFGS did not reach `solver.tol` within `solver.max_iters`. Raise "
+        "`max_iters`, loosen `tol`, use `Sinkhorn()`, or pass `throw=False` and check "
+        "`coupling.result` yourself."
+    )
+    lbfgs_line_search_failed = (
+        "ot_matfree: L-BFGS's line search found no step that decreases the objective or the "
+        "marginal error: `solver.tol` is below what the dtype resolves for this problem (see "
+        "the `tol` entry of `Sinkhorn`), or the problem is badly scaled. Loosen `tol`, use "
+        "float64, or pass `throw=False` and check `coupling.result`."
     )
     coupling_not_converged = (
         "ot_matfree: the coupling passed in did not converge (its Sinkhorn solve stopped at "

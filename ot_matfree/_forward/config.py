@@ -12,6 +12,7 @@ from jaxtyping import Array
 from .._core.costs import AbstractCost
 from .._core.coupling import BlockSize, Coupling
 from .._core.sharding import RowSharding
+from .lbfgs import LBFGS
 from .sinkhorn import Sinkhorn, solve_placed
 from .symmetric import solve_symmetric
 from .._linear.base import AbstractHSolver
@@ -28,7 +29,7 @@ class Config(eqx.Module):
     """
 
     cost: AbstractCost
-    solver: Sinkhorn
+    solver: Sinkhorn | LBFGS
     linear_solver: AbstractHSolver
     block_size: BlockSize = eqx.field(static=True)
     sharding: RowSharding | None = eqx.field(static=True)
@@ -49,9 +50,15 @@ class Config(eqx.Module):
             block_size=self.block_size, init=self.init, throw=self.throw,
         )
 
-    def solve_self(self, x, a, epsilon) -> Coupling:
-        """`OT_eps(x, x, a, a)`'s coupling, with symmetric updates where the cost allows."""
+    def solve_self(self, x, a, epsilon, y=None) -> Coupling:
+        """`OT_eps(x, x, a, a)`'s coupling, with symmetric updates where the cost
+        allows (`y`: the column points when they are not `x`, as for a cost matrix)."""
+        # The averaged update needs no acceleration: it takes `tol` and `max_iters`.
+        solver = self.solver
+        if isinstance(solver, LBFGS):
+            solver = Sinkhorn(tol=solver.tol, max_iters=10_000, progress=solver.progress,
+                              progress_every=solver.progress_every)
         return solve_symmetric(
-            x, a, epsilon=epsilon, cost=self.cost, solver=self.solver,
-            block_size=self.block_size, sharding=self.sharding, throw=self.throw,
+            x, a, epsilon=epsilon, cost=self.cost, solver=solver,
+            block_size=self.block_size, sharding=self.sharding, throw=self.throw, y=y,
         )

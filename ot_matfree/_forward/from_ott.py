@@ -2,8 +2,8 @@
 
 import jax.numpy as jnp
 
-from .._core.checks import check_block_size
-from .._core.costs import as_cost
+from .._core.checks import check_block_size, check_cost_matrix
+from .._core.costs import MatrixCost, as_cost, column_ids
 from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
 from .._core.sharding import row_sharding
@@ -13,10 +13,13 @@ from .._stream.engine import marginals
 
 
 def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Coupling:
-    """Build a `Coupling` from an ott-jax `SinkhornOutput` on a `PointCloud`.
+    """Build a `Coupling` from an ott-jax `SinkhornOutput` on a `PointCloud`
+    or on a `Geometry` with a cost matrix.
 
-    The potentials, points, weights, epsilon and cost function are taken over;
-    the marginal error is recomputed with one streaming pass. Points sharded
+    The potentials, points (or the cost matrix), weights, epsilon and cost
+    function are taken over; the marginal error is recomputed with one
+    streaming pass. A `Geometry` gives a cost-matrix coupling, as
+    `ot_matfree.matrix.solve` does (`x` is the cost matrix). Points sharded
     over a mesh axis give a sharded coupling, as for `solve`. ott-jax is not a
     dependency of ot_matfree: `from_ott` only reads the output's attributes
     and never imports it (`pip install ott-jax`, or `"ot-matfree[examples]"`).
@@ -24,7 +27,8 @@ def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Cou
     **Arguments:**
 
     - `output`: `ott.solvers.linear.sinkhorn.SinkhornOutput` of a balanced
-      problem on an `ott.geometry.pointcloud.PointCloud` with `scale_cost=1`.
+      problem on an `ott.geometry.pointcloud.PointCloud` or an
+      `ott.geometry.geometry.Geometry(cost_matrix=...)`, with `scale_cost=1`.
     - `block_size`: rows per streaming block for later operations.
     - `throw`: raise if ott-jax reports that its solve did not converge.
 
@@ -37,17 +41,25 @@ def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Cou
             "`from_ott` takes an ott-jax `SinkhornOutput` (the result of "
             f"`ott.solvers.linear.sinkhorn.Sinkhorn()(problem)`), got {type(output).__name__}."
         )
-    if not (hasattr(geom, "x") and hasattr(geom, "y") and hasattr(geom, "cost_fn")):
-        raise TypeError(f"`from_ott` needs an output on a PointCloud, got {type(geom).__name__}.")
+    cloud = hasattr(geom, "x") and hasattr(geom, "y") and hasattr(geom, "cost_fn")
+    if not cloud and type(geom).__name__ != "Geometry":
+        raise TypeError(
+            "`from_ott` needs an output on a PointCloud or on a Geometry with a cost matrix, "
+            f"got {type(geom).__name__}."
+        )
     if geom._scale_cost not in (1, 1.0):
         raise ValueError(
-            f"`from_ott` needs a PointCloud with scale_cost=1.0, got {geom._scale_cost!r}; "
-            "rescale the points or epsilon instead."
+            f"`from_ott` needs a geometry with scale_cost=1.0, got {geom._scale_cost!r}; "
+            "rescale the costs or epsilon instead."
         )
     prob = output.ot_prob
     if not prob.is_balanced:
         raise ValueError("`from_ott` supports balanced problems only (tau_a = tau_b = 1).")
-    x, y = jnp.asarray(geom.x), jnp.asarray(geom.y)
+    if cloud:
+        x, y, cost = jnp.asarray(geom.x), jnp.asarray(geom.y), as_cost(geom.cost_fn)
+    else:
+        x = check_cost_matrix("cost_matrix", geom.cost_matrix)
+        y, cost = column_ids(x.shape[1], x.dtype), MatrixCost()
     a, b = jnp.asarray(prob.a), jnp.asarray(prob.b)
     f, g = jnp.asarray(output.f), jnp.asarray(output.g)
     sharding = row_sharding(x=x, y=y)
@@ -55,8 +67,8 @@ def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Cou
         x, y, a, b, f, g = sharding.place((x, y, a, b, f, g), sharding.rows)
     epsilon = jnp.asarray(geom.epsilon, x.dtype)
     block_size = check_block_size(block_size)
-    coupling = Coupling(x, y, a, b, f, g, epsilon, as_cost(geom.cost_fn),
-                        block_size=block_size, sharding=sharding)
+    coupling = Coupling(x, y, a, b, f, g, epsilon, cost, block_size=block_size,
+                        sharding=sharding)
     a_hat, b_hat = marginals(coupling)
     converged = jnp.asarray(output.converged)
     coupling = Coupling(

@@ -23,11 +23,12 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._core.checks import check_block_size, check_problem, error_if, error_if_failed
-from .._core.costs import AbstractCost, SqEuclidean, as_cost
+from .._core.costs import AbstractCost, SqEuclidean, as_cost, is_matrix
 from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
 from .._core.sharding import RowSharding, auto_partitioned, check_split_like_clouds, row_sharding
 from .dual import DualProblem
+from .lbfgs import LBFGS, lbfgs_phase
 from .newton import NEWTON_MIN_BUDGET, newton_phase
 from .steps import (
     AbstractStep,
@@ -272,8 +273,11 @@ def initial_epsilon(x, y, cost: AbstractCost, epsilon):
     A cost need not be defined at the corners (an angle is NaN at a corner
     at the origin, which non-negative features with zeros have): then the
     largest finite cost between the first `EPS0_SAMPLE` points of each
-    cloud, and `epsilon` (no annealing) if there is none.
+    cloud, and `epsilon` (no annealing) if there is none. For a cost matrix
+    (`x` is `C`): its largest finite entry.
     """
+    if is_matrix(cost):
+        return jnp.maximum(jnp.max(jnp.where(jnp.isfinite(x), x, -jnp.inf)), epsilon)
     lo = jnp.minimum(jnp.min(x, axis=0), jnp.min(y, axis=0))
     hi = jnp.maximum(jnp.max(x, axis=0), jnp.max(y, axis=0))
     corner = jnp.asarray(cost(lo, hi), x.dtype)
@@ -379,10 +383,24 @@ def _solve(
     """The jitted solve behind `solve`: the Sinkhorn loop from the centred
     start, its last coupling at the target epsilon, Newton steps if asked,
     then the `Coupling` with its diagnostics (and, with `throw`, its check)."""
+    cold_g = g_init is None
     f_init, g_init = centred_start(f_init, g_init, y.shape[0])
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
     problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
+    if isinstance(solver, LBFGS):
+        # Without a given `g`, start from `T_g(f)` (one pass): a Sinkhorn half-step.
+        if cold_g:
+            g_init = problem.update_g(problem.coupling(f_init, g_init), f_init, epsilon)
+        f, g, row, err, it, passes, result = lbfgs_phase(
+            problem, solver, g_init, lambda it, err: report_progress(solver, it, err)
+        )
+        coupling = problem.coupling(
+            f, g, num_iters=it, marginal_error=err,
+            reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)), result=result,
+            num_passes=passes + int(cold_g),
+        )
+        return finish(coupling, throw)
     state = sinkhorn_phase(problem, solver, f_init, g_init)
     f, g, f_hat, err, passes = at_target(problem, solver, state)
     if sharding is not None:
@@ -460,9 +478,8 @@ def solve_placed(
     """`solve` with the clouds' placement given: the losses read it before their
     `jit`, where an `Auto`-axis placement is still visible (`_core/sharding.py`)."""
     check_split_like_clouds(sharding, a=a, b=b)
-    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon)
-    if not isinstance(solver, Sinkhorn):
-        raise TypeError(f"`solver` must be an ot_matfree.Sinkhorn, got {type(solver).__name__}.")
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, as_cost(cost))
+    check_forward_solver(solver)
     f_init, g_init = initial_potentials(init, x, y)
     check_split_like_clouds(sharding, init=f_init, init_g=g_init)
     block_size = check_block_size(block_size)
@@ -470,6 +487,14 @@ def solve_placed(
         x, y, a, b, epsilon, as_cost(cost), solver, f_init, g_init, block_size, sharding,
         bool(throw),
     )
+
+
+def check_forward_solver(solver) -> None:
+    if not isinstance(solver, (Sinkhorn, LBFGS)):
+        raise TypeError(
+            f"`solver` must be an ot_matfree.Sinkhorn or ot_matfree.LBFGS, got "
+            f"{type(solver).__name__}."
+        )
 
 
 def initial_potentials(init, x, y) -> tuple[Array, Array | None]:

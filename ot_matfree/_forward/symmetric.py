@@ -14,8 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._core.checks import check_block_size, check_epsilon, check_points, check_weights
-from .._core.costs import AbstractCost, SqEuclidean
+from .._core.checks import (
+    check_block_size, check_cost_matrix, check_epsilon, check_points, check_weights,
+)
+from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.sharding import RowSharding, auto_partitioned
 from .dual import DualProblem
@@ -23,22 +25,23 @@ from .sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_
 
 
 def is_symmetric(cost: AbstractCost) -> bool:
-    """Whether `cost` is known to satisfy `c(x, x') = c(x', x)`."""
-    return isinstance(cost, SqEuclidean)
+    """Whether `cost` is known to satisfy `c(x, x') = c(x', x)` (for a cost
+    matrix, `ot_matfree.matrix` checks that the self-cost matrices are)."""
+    return isinstance(cost, (SqEuclidean, MatrixCost))
 
 
 @eqx.filter_jit
 @auto_partitioned
 def _solve_symmetric(
-    x, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
+    x, y, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
 ) -> Coupling:
     """The averaged update `f <- (f + T(f)) / 2` from `f = 0` until the marginal
     error is `<= solver.tol`, `max_iters` or NaN; the `Coupling` `(f, f)` with its
     diagnostics (and, with `throw`, its check)."""
     f0 = jnp.zeros((x.shape[0],), x.dtype)
     if sharding is not None:
-        x, a, f0 = sharding.place((x, a, f0), sharding.rows)
-    problem = DualProblem.create(x, x, a, a, epsilon, cost, block_size, sharding)
+        x, y, a, f0 = sharding.place((x, y, a, f0), sharding.rows)
+    problem = DualProblem.create(x, y, a, a, epsilon, cost, block_size, sharding)
 
     def transform(f):
         return problem.update_f(problem.coupling(f, f), f, epsilon)
@@ -74,8 +77,12 @@ def _solve_symmetric(
 def solve_symmetric(
     x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
     block_size: BlockSize = None, sharding: RowSharding | None = None, throw: bool = True,
+    y=None,
 ) -> Coupling:
     """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
+
+    `y`: the column points when they are not `x` itself (a cost matrix's
+    column indices, `x` then being the symmetric matrix `C_xx`).
 
     Falls back to `solve(x, x, a, a, ...)` for costs not known to be symmetric.
     `reg_ot_cost` follows ott-jax's formula (`<f, a> + <g, b>` plus the
@@ -84,14 +91,18 @@ def solve_symmetric(
     Only `solver.tol`, `max_iters` and the progress options are used: the
     averaged update needs no momentum, Anderson or annealing.
     """
+    y = x if y is None else y
     if not is_symmetric(cost):
         return solve_placed(
-            sharding, x, x, a, a, epsilon=epsilon, cost=cost, solver=solver,
+            sharding, x, y, a, a, epsilon=epsilon, cost=cost, solver=solver,
             block_size=block_size, init=None, throw=throw,
         )
-    x = check_points("x", x)
+    if isinstance(cost, MatrixCost):
+        x = check_cost_matrix("C", x)
+    else:
+        x = y = check_points("x", x)
     a = check_weights("a", a, x.shape[0], x.dtype)
     epsilon = check_epsilon(epsilon, x.dtype)
     return _solve_symmetric(
-        x, a, epsilon, cost, solver, check_block_size(block_size), sharding, bool(throw)
+        x, y, a, epsilon, cost, solver, check_block_size(block_size), sharding, bool(throw)
     )

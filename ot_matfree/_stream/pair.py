@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._core.costs import AbstractCost, SqEuclidean
+from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
+from .._core.costs import is_matrix, select_columns
 from .._core.coupling import Coupling
 from .engine import marginals, stream
 
@@ -70,8 +71,37 @@ def _per_pair(cost: AbstractCost, xb, y, dxb, dy):
         ) from err
 
 
+def _scatter_columns(w: Float[Array, "k c"], ids, m: int) -> Float[Array, "k m"]:
+    """`w` placed at the columns `ids` of a `k x m` zero matrix (the adjoint of
+    `select_columns`)."""
+    if ids.shape[0] == m:  # all columns, in order
+        return w
+    idx = jax.lax.stop_gradient(ids[:, 0]).astype(jnp.int32)
+    return jnp.zeros((w.shape[0], m), w.dtype).at[:, idx].add(w)
+
+
+def _matrix_dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k c"]:
+    """`dC` on a block of a cost matrix: the tangent of `C` at the block's
+    entries (the index points have no tangent)."""
+    if isinstance(cost, MatrixCost):
+        tangent = None if dxb is None else select_columns(dxb, y)
+    else:  # transposed: rows are column indices, columns are rows of C
+        tangent = None if dy is None else select_columns(dy, xb).T
+    return jnp.zeros((xb.shape[0], y.shape[0]), xb.dtype) if tangent is None else tangent
+
+
+def _matrix_contract(cost, xb, y, w) -> tuple[Array, Array]:
+    """`contract_block` for a cost matrix: `W` at the block's entries of `C`
+    (its second derivatives are zero)."""
+    if isinstance(cost, MatrixCost):
+        return _scatter_columns(w, y, xb.shape[1]), jnp.zeros_like(y)
+    return jnp.zeros_like(xb), _scatter_columns(w.T, xb, y.shape[1])
+
+
 def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
     """`dC` on a block; `dxb` or `dy` may be `None` (zero), not both."""
+    if is_matrix(cost):
+        return _matrix_dc_block(cost, xb, y, dxb, dy)
     if isinstance(cost, SqEuclidean):
         xb, y = SqEuclidean.centre(xb, y)
         dc = 0.0
@@ -92,6 +122,8 @@ def _dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k m"]:
 def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
     """Row and column contractions of `w` with the cost gradients, plus those
     of `p` with the second-order terms when `p` is given."""
+    if is_matrix(cost):
+        return _matrix_contract(cost, xb, y, w)
     if isinstance(cost, SqEuclidean):
         xb, y = SqEuclidean.centre(xb, y)
         out_x = 2 * (jnp.sum(w, axis=1)[:, None] * xb - w @ y)
@@ -116,6 +148,8 @@ def contract_block(cost, xb, y, w, p=None, dxb=None, dy=None):
 
 def block_width(cost: AbstractCost, d: int) -> int:
     """Block x m arrays alive in a block."""
+    if is_matrix(cost):
+        return 5  # the blocks of C, P, dC, the weights and their scatter
     return 4 if isinstance(cost, SqEuclidean) else 4 * d + 4
 
 

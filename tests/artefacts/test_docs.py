@@ -35,14 +35,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 #: Public names each API page must render (the heading ids mkdocstrings writes).
 API_PAGES = {
-    "forward": ["solve", "Sinkhorn", "Coupling", "from_ott", "RESULTS"],
+    "forward": ["solve", "Sinkhorn", "LBFGS", "Coupling", "from_ott", "RESULTS"],
     "derivatives": ["grad", "grad_x", "hvp", "hvp_x", "hessian_x"],
     "losses": ["ot_cost", "sinkhorn_divergence", "sinkhorn_distance"],
     "optimisers": ["NewtonCG", "NewtonCGDescent", "sgd_newton", "min_hessian_eigenvalue"],
     "solvers": ["AbstractHSolver", "CG", "SpectralCG", "TruncatedSVD", "DenseSolver",
                 "spectrum", "Spectrum"],
     "operators": ["coupling_operator", "h_operator", "CouplingOperator", "HOperator"],
-    "costs": ["AbstractCost", "SqEuclidean", "FunctionCost"],
+    "costs": ["AbstractCost", "SqEuclidean", "FunctionCost", "MatrixCost"],
+    "matrix": ["matrix.solve", "matrix.ot_cost", "matrix.sinkhorn_distance",
+               "matrix.sinkhorn_divergence"],
 }
 
 #: mkdocstrings' `line_length` (mkdocs.yml); a signature line may exceed it

@@ -113,3 +113,16 @@ def test_shuffled_regression_quick(tmp_path):
     gd = _final_loss(out, "gradient descent")
     assert _final_loss(out, "SGD-Newton") <= gd
     assert _final_loss(out, "Newton-CG") <= gd
+
+
+@pytest.mark.slow  # 100 s; matrix-free gradients and NewtonCG are tested in tests/oracles, tests/unit
+def test_qiu_digits_quick(tmp_path):
+    """Example 8 at batch 64: the three gradients agree, training lowers the loss."""
+    png = tmp_path / "8_qiu_digits.png"
+    out = _run(EXAMPLES / "8_qiu_digits.py", "--quick", "--out", png)
+    assert png.stat().st_size > 0
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 64 |")]
+    assert len(rows) == 3, out
+    assert all(float(r[-2]) < 1e-6 for r in rows if r[2].strip() != "ours"), rows
+    finals = re.findall(r"final loss ([0-9.]+) \(first ([0-9.]+)\)", out)
+    assert len(finals) == 4 and all(float(f) < float(s) for f, s in finals), out

@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "ot_matfree"
 #: Layers, lowest first; the last one is the public surface.
 LAYERS = ("_core", "_stream", "_linear", "_forward", "_derivatives", "_losses", "_optim", "public")
 #: Top-level modules of the public surface.
-PUBLIC = {"__init__", "__main__", "internal"}
+PUBLIC = {"__init__", "__main__", "internal", "matrix"}
 
 
 def _layer(module: str) -> str:

@@ -179,16 +179,17 @@ def test_registration_recovers_rotation_and_scale():
     assert stats["num_hvps"] > stats["num_steps"]
 
 
-def test_warm_start_saves_iterations_not_accuracy():
-    # Each Sinkhorn solve starts from the last accepted point's potentials:
-    # the same minimiser and the same steps, fewer Sinkhorn iterations. (Cold,
-    # the last trial point ends a run of Armijo rejections at rounding level:
-    # NewtonCG stops once backtracking falls below its tolerances.)
+@pytest.mark.parametrize("kind", [om.Sinkhorn, om.LBFGS])
+def test_warm_start_saves_iterations_not_accuracy(kind):
+    # Each forward solve starts from the last accepted point's potentials:
+    # the same minimiser and the same steps, fewer iterations (Sinkhorn's or
+    # L-BFGS's). (Cold, the last trial point ends a run of Armijo rejections
+    # at rounding level: NewtonCG stops once backtracking falls below its
+    # tolerances.)
     loss, tol = om.ot_cost, 1e-10
     x, y, a_true = _registration(n=16)
     iterations = []
-    solver = om.Sinkhorn(tol=1e-12, progress=lambda it, err: iterations.append(1),
-                         progress_every=1)
+    solver = kind(tol=1e-12, progress=lambda it, err: iterations.append(1), progress_every=1)
 
     def fn(a, args):
         y, init = args
