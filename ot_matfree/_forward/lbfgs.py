@@ -53,7 +53,9 @@ class LBFGS(eqx.Module):
     every line-search trial is one streaming pass (value, gradient and the
     row potential `f(g)` together). Convergence is declared only on the true
     L1 marginal error `|P 1 - a|_1 + |P^T 1 - b|_1` of the returned coupling
-    `(f(g), g)`, measured in that pass.
+    `(f(g), g)`, measured in that pass (in float32, as for `Sinkhorn`, that
+    measure can sit below the error the same potentials have in float64:
+    docs/failures.md).
 
     **Arguments:**
 

@@ -115,7 +115,7 @@ def test_shuffled_regression_quick(tmp_path):
     assert _final_loss(out, "Newton-CG") <= gd
 
 
-@pytest.mark.slow  # 100 s; matrix-free gradients and NewtonCG are tested in tests/oracles, tests/unit
+@pytest.mark.slow  # 100 s; its gradients and NewtonCG are tested in tests/oracles, tests/unit
 def test_qiu_digits_quick(tmp_path):
     """Example 8 at batch 64: the three gradients agree, training lowers the loss."""
     png = tmp_path / "8_qiu_digits.png"

@@ -288,20 +288,26 @@ def test_review_float32_claim_at_epsilon_0_05():
     assert float(c.marginal_error) >= 0.5 * truth
 
 
-# (Newton steps measure the error with a pass of their own: their claims hold.)
+# (Newton steps measure the error with a pass of their own: their claims hold.
+# L-BFGS measures in its own pass too, but from the row potential it has just
+# computed in float32 within the block: 2.2e-5 in float64 where it claims 1e-5.)
 @pytest.mark.parametrize("options", [pytest.param({}, marks=OPEN_12),
                                      pytest.param(dict(momentum=None), marks=OPEN_12),
                                      pytest.param(dict(anderson=5), marks=OPEN_12),
                                      dict(newton=0.1),
-                                     pytest.param(dict(epsilon_scaling=0.5), marks=OPEN_12)],
-                         ids=["adaptive", "plain", "anderson", "newton", "scaling"])
+                                     pytest.param(dict(epsilon_scaling=0.5), marks=OPEN_12),
+                                     pytest.param("lbfgs", marks=OPEN_12)],
+                         ids=["adaptive", "plain", "anderson", "newton", "scaling", "lbfgs"])
 def test_float32_convergence_claims_hold_in_float64(options):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(size=(60, 2)) * 4, jnp.float32)
     y = jnp.asarray(rng.uniform(size=(50, 2)) * 4, jnp.float32)
     # (Newton steps measure with a pass of their own: at the floor they stop
     # at `max_iters`, not at a target; plain Sinkhorn may need more.)
-    solver = om.Sinkhorn(tol=1e-5, max_iters=1000, **options)
+    if options == "lbfgs":
+        solver = om.LBFGS(tol=1e-5, max_iters=1000)
+    else:
+        solver = om.Sinkhorn(tol=1e-5, max_iters=1000, **options)
     solve = jax.jit(lambda eps: om.solve(x, y, epsilon=eps, throw=False, solver=solver))
     claims = 0
     for eps in [0.02, 0.1, 1.0]:
@@ -310,5 +316,7 @@ def test_float32_convergence_claims_hold_in_float64(options):
             claims += 1
             assert float64_marginal_error(c) <= 1e-5, eps
         else:
-            assert c.result == om.RESULTS.sinkhorn_max_iters_reached, eps
+            assert c.result in (om.RESULTS.sinkhorn_max_iters_reached,
+                                om.RESULTS.lbfgs_max_iters_reached,
+                                om.RESULTS.lbfgs_line_search_failed), eps
     assert claims >= 2

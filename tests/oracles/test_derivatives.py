@@ -79,6 +79,7 @@ def test_joint_hvp_matches_ott(n, m, d, epsilon):
         assert rel_err(got, want) < RTOL, i
 
 
+@pytest.mark.slow  # 17 s; test_losses' jax.hessian checks the weight blocks against ott-jax
 def test_weight_hessian_on_simplex_matches_ott():
     n, m, d, epsilon = 9, 7, 2, 0.2
     (x, y, a, b), coupling = case(2, n, m, d, epsilon)

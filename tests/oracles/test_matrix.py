@@ -155,15 +155,26 @@ def test_matrix_value_equals_ott_geometry_and_from_ott():
     assert rel_err(om.grad(ours)[0], out.matrix) < 1e-10
 
 
-def test_matrix_hvp_every_linear_solver_and_vmap():
-    """`om.hvp` on a matrix coupling (the HVP w.r.t. `C` is `dP`) is the same
-    with every H-solver, and `vmap` over a batch of matrices equals the loop."""
+# CG in CI; the spectral solvers (7 s more) with --runslow: they take the same operator.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("solver", [om.CG(), pytest.param(om.SpectralCG(rank=3), marks=SLOW),
+                                    pytest.param(om.TruncatedSVD(rank=5), marks=SLOW)],
+                         ids=["CG", "SpectralCG", "TruncatedSVD"])
+def test_matrix_hvp_every_linear_solver(solver):
+    """`om.hvp` on a matrix coupling (the HVP w.r.t. `C` is `dP`) is the dense
+    solver's with every H-solver."""
     C, a, b = cost_problem(7, 9, 6)
     coupling = om.matrix.solve(C, a, b, epsilon=EPS, solver=SOLVER)
     V = jax.random.normal(jax.random.PRNGKey(8), C.shape)
     want = om.hvp(coupling, dx=V, linear_solver=om.DenseSolver())[0]
-    for solver in (om.CG(), om.SpectralCG(rank=3), om.TruncatedSVD(rank=5)):
-        assert rel_err(om.hvp(coupling, dx=V, linear_solver=solver)[0], want) < 1e-8, solver
+    assert rel_err(om.hvp(coupling, dx=V, linear_solver=solver)[0], want) < 1e-8
+
+
+def test_matrix_losses_under_vmap():
+    """`vmap` over a batch of matrices equals the loop."""
+    C, a, b = cost_problem(7, 9, 6)
     batch = jnp.stack([C, C * 1.1, C + 0.2])
     fn = lambda C: om.matrix.ot_cost(C, a, b, epsilon=EPS, solver=SOLVER)
     assert rel_err(jax.vmap(fn)(batch), jnp.stack([fn(c) for c in batch])) < 1e-12

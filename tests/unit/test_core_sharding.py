@@ -56,6 +56,7 @@ def test_sharded_equals_single_device_every_function():
     assert "FAIL" not in out
 
 
+@pytest.mark.slow  # 16 s; the sharded checks above cover every sharded HVP path
 def test_sharded_hvp_example():
     out = _run(ROOT / "examples" / "7_sharded_hvp.py", "--cpu-devices", "4", "--n", "64",
                "--m", "48", "--repeats", "1")

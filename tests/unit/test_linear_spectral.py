@@ -91,7 +91,8 @@ def test_spectrum_resolves_doubled_singular_values():
     assert float(s[1] - s[3]) > 1e-4
 
 
-@pytest.mark.parametrize("rank", [5, 20])
+# Rank 5 (14 s) takes the path of rank 20 with fewer deflated directions: --runslow only.
+@pytest.mark.parametrize("rank", [pytest.param(5, marks=pytest.mark.slow), 20])
 def test_spectral_cg_equals_cg_and_dense(gaussian, rank):
     v = jax.random.normal(jax.random.PRNGKey(1), gaussian.x.shape, jnp.float64)
     dense = om.hvp_x(gaussian, v, linear_solver=om.DenseSolver())
@@ -168,7 +169,10 @@ def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
     assert rel_err(exact, om.hvp_x(gaussian, v, linear_solver=om.DenseSolver())) < 1e-8
 
 
-@pytest.mark.parametrize("solver", [om.SpectralCG(rank=5), om.TruncatedSVD(rank=5, threshold=1e-4)])
+# SpectralCG in float32 (14 s) runs with --runslow only: TruncatedSVD's case covers the
+# float32 spectral set-up, tests/oracles' float32 HVP the float32 CG.
+@pytest.mark.parametrize("solver", [pytest.param(om.SpectralCG(rank=5), marks=pytest.mark.slow),
+                                    om.TruncatedSVD(rank=5, threshold=1e-4)])
 def test_float32_finite(solver):
     x, y, a, b = problem(0, 60, 40, 2, dtype=jnp.float32)
     # float32 Sinkhorn stagnates at a marginal error of 1.6e-6 here: tol 1e-5.

@@ -157,6 +157,7 @@ def _registration(n=30, seed=0):
     return x, y, a_true
 
 
+@pytest.mark.slow  # 15 s; README block 3 runs NewtonCG to the true linear map in CI
 def test_registration_recovers_rotation_and_scale():
     # The Sinkhorn divergence vanishes only when the clouds are equal, so its
     # minimiser is A_true exactly (ot_cost's is biased by the entropy).
@@ -179,7 +180,11 @@ def test_registration_recovers_rotation_and_scale():
     assert stats["num_hvps"] > stats["num_steps"]
 
 
-@pytest.mark.parametrize("kind", [om.Sinkhorn, om.LBFGS])
+# The Sinkhorn case (14 s) runs with --runslow only: the warm start reaches NewtonCG's
+# loss the same way for both solvers, and Sinkhorn's own warm start is tested in
+# test_forward_sinkhorn.py.
+@pytest.mark.parametrize("kind", [pytest.param(om.Sinkhorn, marks=pytest.mark.slow),
+                                  om.LBFGS])
 def test_warm_start_saves_iterations_not_accuracy(kind):
     # Each forward solve starts from the last accepted point's potentials:
     # the same minimiser and the same steps, fewer iterations (Sinkhorn's or
