@@ -165,16 +165,16 @@ def main(full: bool):
         dC = jax.random.normal(jax.random.PRNGKey(9), C.shape)
 
         def matrix_value_and_grad(C):
-            return jax.value_and_grad(om.matrix.sinkhorn_distance)(
+            return jax.value_and_grad(om.matrix.ot_cost)(
                 C, epsilon=EPS, solver=om.LBFGS(tol=SOLVER.tol)
             )
 
         s_C, s_dC = split(explicit, (C, dC))
         out, d_out = jax.jvp(matrix_value_and_grad, (s_C,), (s_dC,))
         ref, d_ref = jax.jvp(matrix_value_and_grad, (C,), (dC,))
-        check("explicit matrix.sinkhorn_distance, LBFGS: value", out[0], ref[0])
-        check("explicit matrix.sinkhorn_distance, LBFGS: grad", out[1], ref[1], (out[1],))
-        check("explicit matrix.sinkhorn_distance, LBFGS: jvp(grad)", d_out[1], d_ref[1])
+        check("explicit matrix.ot_cost, LBFGS: value", out[0], ref[0])
+        check("explicit matrix.ot_cost, LBFGS: grad", out[1], ref[1], (out[1],))
+        check("explicit matrix.ot_cost, LBFGS: jvp(grad)", d_out[1], d_ref[1])
 
         if full:
             # NewtonCG on a loss of sharded clouds (`--full`): the parameters are

@@ -149,7 +149,11 @@ class TransposedMatrixCost(AbstractCost):
         return jnp.take(x, column_index(y)[0])
 
     def matrix(self, y, x):
-        return select_columns(x, y).T
+        # Rows of `C^T` (contiguous), not columns of `C` transposed: XLA hoists
+        # the loop-invariant transpose of the columns' block out of the scan.
+        if y.shape[0] == x.shape[1]:
+            return x.T
+        return jnp.take(x.T, column_index(y), axis=0)
 
     def transpose(self):
         return MatrixCost()

@@ -91,6 +91,7 @@ def test_weight_hessian_on_simplex_matches_ott():
     assert rel_err(q @ columns.T @ q, q @ expected @ q) < RTOL
 
 
+@pytest.mark.slow  # 19 s; the Cosine case below checks hessian_x against ott-jax in CI
 def test_hessian_x_matches_ott():
     n, m, d, epsilon = 10, 8, 2, 0.1
     (x, y, a, b), coupling = case(3, n, m, d, epsilon)

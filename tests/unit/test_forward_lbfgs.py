@@ -52,7 +52,7 @@ def test_lbfgs_in_losses_matrix_and_warm_starts():
     assert rel_err(divergence(om.LBFGS(tol=1e-12)), divergence(om.Sinkhorn(tol=1e-12))) < 1e-12
     C = om.SqEuclidean().matrix(x, y)
     c = om.matrix.solve(C, a, b, epsilon=eps, solver=om.LBFGS(tol=1e-12))
-    ref = om.solve(x, y, a, b, epsilon=eps, solver=om.Sinkhorn(tol=1e-13))
+    ref = om.solve(x, y, a, b, epsilon=eps, solver=om.LBFGS(tol=1e-12))
     np.testing.assert_allclose(c.reg_ot_cost, ref.reg_ot_cost, rtol=1e-12)
     cold = om.solve(x + 1e-3, y, a, b, epsilon=eps, solver=om.LBFGS(tol=1e-10))
     warm = om.solve(x + 1e-3, y, a, b, epsilon=eps, solver=om.LBFGS(tol=1e-10), init=ref)
