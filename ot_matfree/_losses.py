@@ -278,7 +278,7 @@ def _matrix_divergence_jit(C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solve
                 f"`{name}` must have shape ({size}, {size}) to match `C_xy` {C_xy.shape}, "
                 f"got {jnp.shape(C)}."
             )
-    C_xy, ids_m, a, b, epsilon = check_problem(C_xy, ids_m, a, b, epsilon, MatrixCost())
+    C_xy, ids_m, a, b, epsilon = check_problem(C_xy, ids_m, a, b, epsilon, MatrixCost(), "C_xy")
     C_xx = check_symmetric("C_xx", check_cost_matrix("C_xx", jnp.asarray(C_xx, C_xy.dtype)))
     C_yy = check_symmetric("C_yy", check_cost_matrix("C_yy", jnp.asarray(C_yy, C_xy.dtype)))
     config = _config(MatrixCost(), solver, linear_solver, block_size, sharding, throw)

@@ -178,14 +178,15 @@ def check_block_size(block_size) -> BlockSize:
     return int(block_size)
 
 
-def check_problem(x, y, a, b, epsilon, cost=None):
+def check_problem(x, y, a, b, epsilon, cost=None, matrix_name="C"):
     """Validate a balanced OT problem; `None` weights become uniform.
 
-    For a `MatrixCost`, `x` is the cost matrix `C` (n, m) and `y` its column
-    points (`column_ids(m)`, made by `ot_matfree.matrix`).
+    For a `MatrixCost`, `x` is the cost matrix (n, m), named `matrix_name` in
+    errors, and `y` its column points (`column_ids(m)`, made by
+    `ot_matfree.matrix`).
     """
     if cost is not None and is_matrix(cost):
-        x = check_cost_matrix("C", x)
+        x = check_cost_matrix(matrix_name, x)
         if jnp.shape(y) != (x.shape[1], 1):
             raise ValueError(
                 f"A cost-matrix problem's column points must be `column_ids({x.shape[1]})`, "

@@ -203,5 +203,8 @@ def test_bad_cost_matrix_shapes_and_asymmetric_self_costs_raise():
     with pytest.raises(ValueError, match=r"`C_xx` must have shape \(6, 6\)"):
         om.matrix.sinkhorn_divergence(C, C, C[:5, :5], epsilon=EPS)
     asym = jnp.abs(jax.random.normal(jax.random.PRNGKey(0), (6, 6)))
+    sym = C[:5, :5] + C[:5, :5].T
     with pytest.raises(eqx.EquinoxRuntimeError, match="`C_xx` must be symmetric"):
-        om.matrix.sinkhorn_divergence(C, asym, C[:5, :5] + C[:5, :5].T, epsilon=EPS)
+        om.matrix.sinkhorn_divergence(C, asym, sym, epsilon=EPS)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`C_xy` contains NaN or inf"):
+        om.matrix.sinkhorn_divergence(C.at[0, 0].set(jnp.inf), asym + asym.T, sym, epsilon=EPS)
