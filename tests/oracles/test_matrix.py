@@ -116,20 +116,33 @@ def test_ot_cost_gradient_and_hvp_against_dense_sinkhorn():
 
 
 def test_matrix_losses_equal_cloud_losses_at_the_clouds_cost():
-    """At `C = c(x, y)`, the matrix divergence's value and its gradient (by the
-    chain rule through `C`) equal the point-cloud divergence's: the same
-    solves, self terms by the symmetric update on `C_xx`, `C_yy`."""
-    kx, ky = jax.random.split(jax.random.PRNGKey(4))
+    """At `C = c(x, y)`, the matrix divergence's value, gradient and HVP in
+    `(x, a)` (by the chain rule through `C`) equal the point-cloud
+    divergence's: the same solves, self terms by the symmetric update on
+    `C_xx`, `C_yy`, whose tangents and weight derivatives (`a` on both sides)
+    fold as the clouds' do."""
+    kx, ky, ka, kv = jax.random.split(jax.random.PRNGKey(4), 4)
     x, y = jax.random.normal(kx, (10, 2)), jax.random.normal(ky, (7, 2)) + 0.5
+    a = jax.random.uniform(ka, (10,), minval=0.5, maxval=1.5)
+    a = a / a.sum()
     sq = om.SqEuclidean().matrix
-    cloud = lambda x: om.sinkhorn_divergence(x, y, epsilon=EPS, solver=SOLVER)
-    matrix = lambda x: om.matrix.sinkhorn_divergence(
-        sq(x, y), sq(x, x), sq(y, y), epsilon=EPS, solver=SOLVER
+    cloud = lambda x, a: om.sinkhorn_divergence(x, y, a, epsilon=EPS, solver=SOLVER)
+    matrix = lambda x, a: om.matrix.sinkhorn_divergence(
+        sq(x, y), sq(x, x), sq(y, y), a, epsilon=EPS, solver=SOLVER
     )
-    want, want_grad = jax.value_and_grad(cloud)(x)
-    got, got_grad = jax.jit(jax.value_and_grad(matrix))(x)
+    tangent = (jax.random.normal(kv, x.shape), centred(jax.random.normal(kv, a.shape)))
+
+    def value_grad_hvp(fn):
+        value_and_grad = jax.value_and_grad(fn, argnums=(0, 1))
+        return jax.jit(lambda p, t: jax.jvp(lambda p: value_and_grad(*p), (p,), (t,)))
+
+    (want, want_grad), (_, want_hvp) = value_grad_hvp(cloud)((x, a), tangent)
+    (got, got_grad), (_, got_hvp) = value_grad_hvp(matrix)((x, a), tangent)
     assert rel_err(got, want) < 1e-12
-    assert rel_err(got_grad, want_grad) < 1e-10
+    for k in range(2):  # weights: the part orthogonal to 1 (docs/math.md)
+        project = (lambda z: z) if k == 0 else centred
+        assert rel_err(project(got_grad[k]), project(want_grad[k])) < 1e-10, k
+        assert rel_err(project(got_hvp[k]), project(want_hvp[k])) < 1e-9, k
 
 
 def test_matrix_value_equals_ott_geometry_and_from_ott():
