@@ -25,11 +25,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from ._core.checks import (
-    check_block_size, check_cost_matrix, check_problem, cost_matrix_and_ids, error_if,
+    check_block_size, check_cost_matrix, check_problem, check_symmetric, cost_matrix_and_ids,
 )
 from ._core.costs import AbstractCost, MatrixCost, SqEuclidean, as_cost, column_ids
 from ._core.coupling import BlockSize, Coupling
@@ -37,6 +36,7 @@ from ._core.sharding import auto_partitioned, row_sharding
 from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._forward.config import Config
+from ._forward.lbfgs import LBFGS
 from ._forward.sinkhorn import Sinkhorn, check_forward_solver
 from ._linear.base import AbstractHSolver
 from ._linear.cg import CG
@@ -250,22 +250,6 @@ def matrix_divergence(C_xy, C_xx, C_yy, a, b, *, epsilon, solver, linear_solver,
     )
 
 
-#: How far from symmetric a self-cost matrix may be, relative to its largest
-#: entry, in units of the square root of its dtype's machine epsilon.
-SYMMETRY_TOL = 1.0
-
-
-def check_symmetric(name: str, C: Array) -> Array:
-    """`C`, raising at run time unless `|C - C^T| <= SYMMETRY_TOL sqrt(eps) max |C|`."""
-    tol = SYMMETRY_TOL * float(np.sqrt(np.finfo(C.dtype).eps))
-    gap = jnp.max(jnp.abs(C - C.T))
-    return error_if(
-        C, ~(gap <= tol * jnp.max(jnp.abs(C))),
-        f"`{name}` must be symmetric (a self-cost matrix, `c(x_i, x_j) = c(x_j, x_i)`) to "
-        f"within {tol:.1e} of its largest entry; symmetrise it with `({name} + {name}.T) / 2`.",
-    )
-
-
 @eqx.filter_jit
 @auto_partitioned
 def _matrix_divergence_jit(C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size,
@@ -297,7 +281,7 @@ def ot_cost(
     *,
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
@@ -336,7 +320,8 @@ def ot_cost(
       a tangent on `epsilon` raises `ValueError`.
     - `cost`: an `AbstractCost` or any twice-differentiable callable
       `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
-    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `solver`: the forward solver, `Sinkhorn` (tolerance, iteration cap,
+      acceleration) or `LBFGS`.
     - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
     - `block_size`: rows per streaming block; `None` picks it from a memory budget.
     - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)
@@ -371,7 +356,7 @@ def sinkhorn_divergence(
     *,
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
@@ -397,7 +382,8 @@ def sinkhorn_divergence(
       a tangent on `epsilon` raises `ValueError`.
     - `cost`: an `AbstractCost` or any twice-differentiable callable
       `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
-    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `solver`: the forward solver, `Sinkhorn` (tolerance, iteration cap,
+      acceleration) or `LBFGS`.
     - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
     - `block_size`: rows per streaming block; `None` picks it from a memory budget.
     - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)
@@ -422,7 +408,7 @@ def sinkhorn_distance(
     *,
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
@@ -455,7 +441,8 @@ def sinkhorn_distance(
       a tangent on `epsilon` raises `ValueError`.
     - `cost`: an `AbstractCost` or any twice-differentiable callable
       `c(x_i, y_j) -> scalar` (e.g. an ott-jax `CostFn`).
-    - `solver`: the `Sinkhorn` forward solver (tolerance, iteration cap).
+    - `solver`: the forward solver, `Sinkhorn` (tolerance, iteration cap,
+      acceleration) or `LBFGS`.
     - `linear_solver`: how H-systems of derivatives are solved (`CG()`, ...).
     - `block_size`: rows per streaming block; `None` picks it from a memory budget.
     - `throw`: raise (`equinox.EquinoxRuntimeError`, eagerly and under `jit`)

@@ -34,6 +34,7 @@ from ._core.checks import cost_matrix_and_ids
 from ._core.costs import MatrixCost
 from ._core.coupling import BlockSize, Coupling
 from ._core.sharding import row_sharding
+from ._forward.lbfgs import LBFGS
 from ._forward.sinkhorn import Sinkhorn, solve_placed
 from ._linear.base import AbstractHSolver
 from ._linear.cg import CG
@@ -48,7 +49,7 @@ def solve(
     b: Float[Array, " m"] | None = None,
     *,
     epsilon: float | Float[Array, ""],
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     block_size: BlockSize = None,
     init: Float[Array, " n"] | tuple[Float[Array, " n"], Float[Array, " m"]] | Coupling
     | None = None,
@@ -98,7 +99,7 @@ def ot_cost(
     b: Float[Array, " m"] | None = None,
     *,
     epsilon: float | Float[Array, ""],
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
@@ -129,7 +130,7 @@ def sinkhorn_distance(
     b: Float[Array, " m"] | None = None,
     *,
     epsilon: float | Float[Array, ""],
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
@@ -164,7 +165,7 @@ def sinkhorn_divergence(
     b: Float[Array, " m"] | None = None,
     *,
     epsilon: float | Float[Array, ""],
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,

@@ -5,6 +5,9 @@ weights, epsilon <= 0) raise at run time through `error_if` (`eqx.error_if`
 on a scalar), which also works under `jit` and `vmap`.
 """
 
+import math
+import numbers
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -90,6 +93,22 @@ def check_cost_matrix(name: str, C) -> Array:
     return _check_finite_array(name, C, "(n, m)")
 
 
+#: How far from symmetric a self-cost matrix may be, relative to its largest
+#: entry, in units of the square root of its dtype's machine epsilon.
+SYMMETRY_TOL = 1.0
+
+
+def check_symmetric(name: str, C: Array) -> Array:
+    """`C`, raising at run time unless `|C - C^T| <= SYMMETRY_TOL sqrt(eps) max |C|`."""
+    tol = SYMMETRY_TOL * float(np.sqrt(np.finfo(C.dtype).eps))
+    gap = jnp.max(jnp.abs(C - C.T))
+    return error_if(
+        C, ~(gap <= tol * jnp.max(jnp.abs(C))),
+        f"`{name}` must be symmetric (a self-cost matrix, `c(x_i, x_j) = c(x_j, x_i)`) to "
+        f"within {tol:.1e} of its largest entry; symmetrise it with `({name} + {name}.T) / 2`.",
+    )
+
+
 #: How far from 1 the sum of given weights may be (`check_weights`): the square
 #: root of float32's machine epsilon, for weights of every dtype.
 WEIGHT_SUM_TOL = float(np.sqrt(np.finfo(np.float32).eps))
@@ -154,6 +173,22 @@ def check_tangent(name: str, v, shape: tuple[int, ...], dtype) -> Array:
     if v.shape != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got {v.shape}.")
     return error_if(v, ~jnp.all(jnp.isfinite(v)), f"`{name}` contains NaN or inf.")
+
+
+def check_tolerance(tol) -> None:
+    """A forward solver's `tol`: a finite real number > 0 (`inf` would run no
+    iteration and report convergence)."""
+    if (isinstance(tol, bool) or not isinstance(tol, (numbers.Real, np.ndarray, jax.Array))
+            or np.ndim(tol) != 0 or not (math.isfinite(float(tol)) and float(tol) > 0)):
+        raise ValueError(f"`tol` must be a finite number > 0 (e.g. 1e-6), got {tol!r}.")
+
+
+def check_counts(module, names) -> None:
+    """Each of `module`'s fields `names` is an integer >= 1."""
+    for k in names:
+        v = getattr(module, k)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"`{k}` must be an integer >= 1, got {v!r}.")
 
 
 def check_block_size(block_size) -> BlockSize:

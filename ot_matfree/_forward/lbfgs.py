@@ -24,15 +24,12 @@ initial inverse Hessian is `diag(eps / b)` scaled each step, so that the
 first step is a (linearised) Sinkhorn `g` update.
 """
 
-import math
-import numbers
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
+from .._core.checks import check_counts, check_tolerance
 from .._core.results import RESULTS
 from .._stream.engine import apply, stream
 from .dual import DualProblem
@@ -78,14 +75,8 @@ class LBFGS(eqx.Module):
     progress_every: int = eqx.field(static=True, default=10)
 
     def __check_init__(self):
-        tol = self.tol
-        if (isinstance(tol, bool) or not isinstance(tol, (numbers.Real, np.ndarray, jax.Array))
-                or np.ndim(tol) != 0 or not (math.isfinite(float(tol)) and float(tol) > 0)):
-            raise ValueError(f"`tol` must be a finite number > 0 (e.g. 1e-6), got {tol!r}.")
-        for k in ("max_iters", "memory", "progress_every"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"`{k}` must be an integer >= 1, got {v!r}.")
+        check_tolerance(self.tol)
+        check_counts(self, ("max_iters", "memory", "progress_every"))
 
 
 def semi_dual_pass(problem: DualProblem, g: Float[Array, " m"]):

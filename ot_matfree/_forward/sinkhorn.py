@@ -12,17 +12,16 @@ Newton steps on the dual (`newton.py`). `Sinkhorn` holds the options and
 says how they compose; `_solve` chains the phases.
 """
 
-import math
-import numbers
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from .._core.checks import check_block_size, check_problem, error_if, error_if_failed
+from .._core.checks import (
+    check_block_size, check_counts, check_problem, check_tolerance, error_if, error_if_failed,
+)
 from .._core.costs import AbstractCost, SqEuclidean, as_cost, is_matrix
 from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
@@ -161,15 +160,8 @@ class Sinkhorn(eqx.Module):
                 setattr(self, k, None if off else DEFAULT_ITERATION[k])
 
     def __check_init__(self):
-        tol = self.tol
-        if (isinstance(tol, bool) or not isinstance(tol, (numbers.Real, np.ndarray, jax.Array))
-                or np.ndim(tol) != 0 or not (math.isfinite(float(tol)) and float(tol) > 0)):
-            # (tol=inf ran no iteration and reported convergence, marginal error inf.)
-            raise ValueError(f"`tol` must be a finite number > 0 (e.g. 1e-6), got {tol!r}.")
-        for k in ("max_iters", "progress_every"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"`{k}` must be an integer >= 1, got {v!r}.")
+        check_tolerance(self.tol)
+        check_counts(self, ("max_iters", "progress_every"))
         m = self.momentum
         if not (m is None or m == "adaptive" or (
             isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < 2
@@ -378,39 +370,46 @@ def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, 
 @eqx.filter_jit
 @auto_partitioned
 def _solve(
-    x, y, a, b, epsilon, cost, solver: Sinkhorn, f_init, g_init, block_size, sharding, throw
+    x, y, a, b, epsilon, cost, solver: Sinkhorn | LBFGS, f_init, g_init, block_size, sharding,
+    throw,
 ) -> Coupling:
-    """The jitted solve behind `solve`: the Sinkhorn loop from the centred
-    start, its last coupling at the target epsilon, Newton steps if asked,
-    then the `Coupling` with its diagnostics (and, with `throw`, its check)."""
+    """The jitted solve behind `solve`: from the centred start, Sinkhorn
+    (`_sinkhorn_solution`) or L-BFGS (`_lbfgs_solution`), then the `Coupling`
+    with its diagnostics (and, with `throw`, its check)."""
     cold_g = g_init is None
     f_init, g_init = centred_start(f_init, g_init, y.shape[0])
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
     problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
-    if isinstance(solver, LBFGS):
-        # Without a given `g`, start from `T_g(f)` (one pass): a Sinkhorn half-step.
-        if cold_g:
-            g_init = problem.update_g(problem.coupling(f_init, g_init), f_init, epsilon)
-        f, g, row, err, it, passes, result = lbfgs_phase(
-            problem, solver, g_init, lambda it, err: report_progress(solver, it, err)
-        )
-        coupling = problem.coupling(
-            f, g, num_iters=it, marginal_error=err,
-            reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)), result=result,
-            num_passes=passes + int(cold_g),
-        )
-        return finish(coupling, throw)
-    state = sinkhorn_phase(problem, solver, f_init, g_init)
-    f, g, f_hat, err, passes = at_target(problem, solver, state)
-    if sharding is not None:
-        f, g, f_hat = sharding.place((f, g, f_hat), sharding.rows)
-    f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, state.it, passes)
+    phase = _lbfgs_solution if isinstance(solver, LBFGS) else _sinkhorn_solution
+    f, g, row, err, it, passes, result = phase(problem, solver, f_init, g_init, cold_g)
     coupling = problem.coupling(
         f, g, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)),
-        result=sinkhorn_status(err, solver), num_passes=passes,
+        result=result, num_passes=passes,
     )
     return finish(coupling, throw)
+
+
+def _sinkhorn_solution(problem: DualProblem, solver: Sinkhorn, f_init, g_init, cold_g):
+    """The Sinkhorn loop, its last coupling at the target, Newton steps if
+    asked: `(f, g, row sums, err, iterations, passes, result)`."""
+    state = sinkhorn_phase(problem, solver, f_init, g_init)
+    f, g, f_hat, err, passes = at_target(problem, solver, state)
+    if problem.sharding is not None:
+        f, g, f_hat = problem.sharding.place((f, g, f_hat), problem.sharding.rows)
+    f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, state.it, passes)
+    return f, g, row, err, it, passes, sinkhorn_status(err, solver)
+
+
+def _lbfgs_solution(problem: DualProblem, solver: LBFGS, f_init, g_init, cold_g):
+    """L-BFGS from `g_init`, or without a given `g` from `T_g(f)` (one pass, a
+    Sinkhorn half-step), in `_sinkhorn_solution`'s output form."""
+    if cold_g:
+        g_init = problem.update_g(problem.coupling(f_init, g_init), f_init, problem.epsilon)
+    f, g, row, err, it, passes, result = lbfgs_phase(
+        problem, solver, g_init, lambda it, err: report_progress(solver, it, err)
+    )
+    return f, g, row, err, it, passes + int(cold_g), result
 
 
 def solve(
@@ -421,7 +420,7 @@ def solve(
     *,
     epsilon: float | Float[Array, ""],
     cost: AbstractCost | Callable = SqEuclidean(),
-    solver: Sinkhorn = Sinkhorn(),
+    solver: Sinkhorn | LBFGS = Sinkhorn(),
     block_size: BlockSize = None,
     init: Float[Array, " n"] | tuple[Float[Array, " n"], Float[Array, " m"]] | Coupling
     | None = None,
@@ -440,8 +439,8 @@ def solve(
     - `epsilon`: absolute entropic regularisation (> 0).
     - `cost`: an `AbstractCost`, or any callable `c(x_i, y_j) -> scalar`
       (e.g. an ott-jax `CostFn`).
-    - `solver`: a `Sinkhorn` instance (tolerance, iteration cap, acceleration,
-      annealing, progress).
+    - `solver`: a `Sinkhorn` (tolerance, iteration cap, acceleration,
+      annealing, progress), or an `LBFGS` (L-BFGS on the semi-dual).
     - `block_size`: rows per streaming block; `None` picks it from a memory
       budget (`ot_matfree._core.coupling.DEFAULT_BLOCK_BYTES`), `"auto"`
       measures it once per shape (`ot_matfree._stream.engine.autotune`).

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
-from .._core.costs import is_matrix, select_columns
+from .._core.costs import column_index, is_matrix, select_columns
 from .._core.coupling import Coupling
 from .engine import marginals, stream
 
@@ -76,8 +76,7 @@ def _scatter_columns(w: Float[Array, "k c"], ids, m: int) -> Float[Array, "k m"]
     `select_columns`)."""
     if ids.shape[0] == m:  # all columns, in order
         return w
-    idx = jax.lax.stop_gradient(ids[:, 0]).astype(jnp.int32)
-    return jnp.zeros((w.shape[0], m), w.dtype).at[:, idx].add(w)
+    return jnp.zeros((w.shape[0], m), w.dtype).at[:, column_index(ids)].add(w)
 
 
 def _matrix_dc_block(cost, xb, y, dxb, dy) -> Float[Array, "k c"]:
