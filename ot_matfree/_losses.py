@@ -32,12 +32,13 @@ from ._core.checks import (
 )
 from ._core.costs import AbstractCost, MatrixCost, SqEuclidean, as_cost, column_ids
 from ._core.coupling import BlockSize, Coupling
+from ._core.scale import check_relative, scale_problem
 from ._core.sharding import auto_partitioned, row_sharding
-from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp
+from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp, weight_factors
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._forward.config import Config
 from ._forward.lbfgs import LBFGS
-from ._forward.sinkhorn import Sinkhorn, check_forward_solver
+from ._forward.sinkhorn import Sinkhorn, check_forward_solver, check_taus
 from ._linear.base import AbstractHSolver
 from ._linear.cg import CG
 from ._stream.sharp import cost_marginals, sharp_gradients
@@ -156,7 +157,12 @@ def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
     pc_rows, pc_cols = cost_marginals(coupling)
     u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
     gx, gy = check_finite(sharp_gradients(coupling, u, v), coupling, config.throw)
-    return jnp.sum(pc_rows), (gx, gy, u, v), (coupling.f, coupling.g)
+    ga, gb = u, v
+    if not coupling.balanced:
+        # A weight tangent enters the H-system as `eps (s / tau) da` (`weight_rhs`).
+        factor_a, factor_b = weight_factors(coupling)
+        ga, gb = factor_a * u, factor_b * v
+    return jnp.sum(pc_rows), (gx, gy, ga, gb), (coupling.f, coupling.g)
 
 
 def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
@@ -167,11 +173,19 @@ def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
 _sharp_value = _with_gradient(_sharp_value_and_grad, _sharp_value_only)
 
 
+def _mass_term(a, b, epsilon, config: Config):
+    """The unbalanced divergence's `eps / 2 (sum a - sum b)^2` (Sejourne et al.
+    2019, Thm. 1; ott-jax's `sinkhorn_divergence`); 0 when balanced."""
+    if config.balanced:
+        return 0.0
+    return 0.5 * epsilon * (jnp.sum(a) - jnp.sum(b)) ** 2
+
+
 def _divergence_value(x, y, a, b, epsilon, *, config: Config):
     xy, potentials = _ot_value(x, y, a, b, epsilon, config=config)
     xx, _ = _self_value(x, a, epsilon, config=config)
     yy, _ = _self_value(y, b, epsilon, config=config)
-    return xy - 0.5 * (xx + yy), potentials
+    return xy - 0.5 * (xx + yy) + _mass_term(a, b, epsilon, config), potentials
 
 
 # A cost matrix's self term `OT(C, a, a)`: `C` is the coupling's `x` (its
@@ -190,14 +204,15 @@ def _matrix_divergence_value(C_xy, C_xx, C_yy, ids_n, ids_m, a, b, epsilon, *, c
     xy, potentials = _ot_value(C_xy, ids_m, a, b, epsilon, config=config)
     xx, _ = _matrix_self_value(C_xx, ids_n, a, epsilon, config=config)
     yy, _ = _matrix_self_value(C_yy, ids_m, b, epsilon, config=config)
-    return xy - 0.5 * (xx + yy), potentials
+    return xy - 0.5 * (xx + yy) + _mass_term(a, b, epsilon, config), potentials
 
 
 # --- Public entry points -----------------------------------------------------
 
 
 def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw,
-              init=None, return_potentials=False):
+              init=None, return_potentials=False, tau_a=1.0, tau_b=1.0,
+              relative_epsilon=None):
     """`loss(x, y, a, b, epsilon, config=)` on checked inputs, compiled.
 
     The clouds' placement is read here, outside `jit`: inside, a cloud on a
@@ -207,6 +222,10 @@ def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size
     """
     block_size = check_block_size(block_size)
     throw = bool(throw)
+    tau_a, tau_b = check_taus(tau_a, tau_b)
+    if loss is _divergence_value:
+        check_divergence_taus(tau_a, tau_b)
+    relative = check_relative(relative_epsilon, as_cost(cost))
     sharding = row_sharding(x=x, y=y)
     if isinstance(init, Coupling):
         init = (init.f, init.g)
@@ -214,46 +233,71 @@ def _evaluate(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size
         init = tuple(init)
     return _evaluate_jit(
         loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding, throw,
-        init, bool(return_potentials),
+        init, bool(return_potentials), tau_a, tau_b, relative,
     )
 
 
 @eqx.filter_jit
 @auto_partitioned
 def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, sharding,
-                  throw, init, return_potentials):
+                  throw, init, return_potentials, tau_a, tau_b, relative):
     # `None` weights become uniform constants: never differentiated.
     cost = as_cost(cost)
-    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, cost)
-    config = _config(cost, solver, linear_solver, block_size, sharding, throw, init)
+    balanced = tau_a == 1.0 and tau_b == 1.0
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, cost, balanced=balanced)
+    if relative:
+        # `OT_{s m}(C) = m OT_s(C / m)` (`_core/scale.py`): JAX differentiates `m`.
+        x, y, scale = scale_problem(x, y, cost)
+        if init is not None:
+            init = tuple(p / jax.lax.stop_gradient(scale) for p in init)
+    config = _config(cost, solver, linear_solver, block_size, sharding, throw, init, tau_a, tau_b)
     value, potentials = loss(x, y, a, b, epsilon, config=config)
+    if relative:
+        value, potentials = scale * value, tuple(scale * p for p in potentials)
     return (value, jax.lax.stop_gradient(potentials)) if return_potentials else value
 
 
-def _config(cost, solver, linear_solver, block_size, sharding, throw, init=None) -> Config:
+def _config(cost, solver, linear_solver, block_size, sharding, throw, init=None, tau_a=1.0,
+            tau_b=1.0) -> Config:
     """The losses' `Config`, its solvers checked."""
-    check_forward_solver(solver)
+    check_forward_solver(solver, tau_a == 1.0 and tau_b == 1.0)
     check_linear_solver(linear_solver)
     return Config(
-        cost, solver, linear_solver, block_size, sharding, throw, jax.lax.stop_gradient(init)
+        cost, solver, linear_solver, block_size, sharding, throw, jax.lax.stop_gradient(init),
+        tau_a, tau_b,
     )
 
 
+def check_divergence_taus(tau_a: float, tau_b: float) -> None:
+    """The unbalanced divergence is defined with one relaxation for all three
+    terms (Sejourne et al. 2019): `tau_a == tau_b`."""
+    if tau_a != tau_b:
+        raise ValueError(
+            "`sinkhorn_divergence` needs `tau_a == tau_b`: the unbalanced Sinkhorn divergence "
+            "(Sejourne et al. 2019) relaxes both marginals of all three terms alike; got "
+            f"tau_a={tau_a}, tau_b={tau_b}."
+        )
+
+
 def matrix_divergence(C_xy, C_xx, C_yy, a, b, *, epsilon, solver, linear_solver, block_size,
-                      throw):
+                      throw, tau_a=1.0, tau_b=1.0, relative_epsilon=None):
     """`ot_matfree.matrix.sinkhorn_divergence` (its docstring): the divergence
     of three cost matrices, checked and compiled."""
     block_size = check_block_size(block_size)
+    tau_a, tau_b = check_taus(tau_a, tau_b)
+    check_divergence_taus(tau_a, tau_b)
+    relative = check_relative(relative_epsilon, MatrixCost())
     sharding = row_sharding(C_xy=C_xy, C_xx=C_xx, C_yy=C_yy)
     return _matrix_divergence_jit(
-        C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size, sharding, bool(throw)
+        C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size, sharding, bool(throw),
+        tau_a, tau_b, relative,
     )
 
 
 @eqx.filter_jit
 @auto_partitioned
 def _matrix_divergence_jit(C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solver, block_size,
-                           sharding, throw):
+                           sharding, throw, tau_a, tau_b, relative):
     C_xy, ids_m = cost_matrix_and_ids("C_xy", C_xy)
     n, m = C_xy.shape
     for name, C, size in (("C_xx", C_xx, n), ("C_yy", C_yy, m)):
@@ -262,15 +306,22 @@ def _matrix_divergence_jit(C_xy, C_xx, C_yy, a, b, epsilon, solver, linear_solve
                 f"`{name}` must have shape ({size}, {size}) to match `C_xy` {C_xy.shape}, "
                 f"got {jnp.shape(C)}."
             )
-    C_xy, ids_m, a, b, epsilon = check_problem(C_xy, ids_m, a, b, epsilon, MatrixCost(), "C_xy")
+    C_xy, ids_m, a, b, epsilon = check_problem(
+        C_xy, ids_m, a, b, epsilon, MatrixCost(), "C_xy", balanced=tau_a == 1.0
+    )
     C_xx = check_symmetric("C_xx", check_cost_matrix("C_xx", jnp.asarray(C_xx, C_xy.dtype)))
     C_yy = check_symmetric("C_yy", check_cost_matrix("C_yy", jnp.asarray(C_yy, C_xy.dtype)))
-    config = _config(MatrixCost(), solver, linear_solver, block_size, sharding, throw)
+    config = _config(MatrixCost(), solver, linear_solver, block_size, sharding, throw,
+                     tau_a=tau_a, tau_b=tau_b)
     ids_n = column_ids(n, C_xy.dtype)
+    scale = 1.0
+    if relative:  # one scale, the mean of C_xy, for all three terms
+        C_xy, _, scale = scale_problem(C_xy, ids_m, MatrixCost())
+        C_xx, C_yy = C_xx / scale, C_yy / scale
     value, _ = _matrix_divergence_value(
         C_xy, C_xx, C_yy, ids_n, ids_m, a, b, epsilon, config=config
     )
-    return value
+    return scale * value
 
 
 def ot_cost(
@@ -287,6 +338,9 @@ def ot_cost(
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The regularised OT cost (ott-jax's `reg_ot_cost`), differentiable matrix-free.
 
@@ -339,12 +393,22 @@ def ot_cost(
       (not differentiated), to warm-start the next evaluation; see
       `NewtonCG(warm_start=...)`.
 
+    - `tau_a`, `tau_b`: marginal relaxations in (0, 1] (ott-jax's
+      convention; 1, the default: balanced). Below 1 the loss is that of
+      unbalanced OT (`solve`), the masses of `a`, `b` are free and their
+      gradients exact (docs/unbalanced.md). Not with `LBFGS` or Newton steps.
+    - `relative_epsilon`: `None` (the default: `epsilon` is absolute) or
+      `"mean"`: `epsilon` times the mean cost over all pairs (unweighted, as
+      ott-jax's `relative_epsilon="mean"`), for the squared Euclidean cost or
+      a cost matrix. The scale depends on the points and is differentiated
+      (docs/unbalanced.md, "Relative epsilon").
+
     **Returns:** the scalar `reg_ot_cost`, or `(reg_ot_cost, (f, g))` with
     `return_potentials=True`.
     """
     return _evaluate(
         _ot_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw, init,
-        return_potentials,
+        return_potentials, tau_a, tau_b, relative_epsilon,
     )
 
 
@@ -360,6 +424,9 @@ def sinkhorn_divergence(
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""]:
     """The Sinkhorn divergence `OT(x, y) - OT(x, x) / 2 - OT(y, y) / 2`.
 
@@ -393,10 +460,21 @@ def sinkhorn_divergence(
       scalar loss cannot carry a status, so check `ot_matfree.solve(...)`'s
       `result` and `hvp_solution(...).result` yourself.
 
+    - `tau_a`, `tau_b`: marginal relaxations in (0, 1], equal (the
+      unbalanced divergence relaxes all three terms alike): then
+      `OT(x, y) - OT(x, x) / 2 - OT(y, y) / 2 + eps (sum a - sum b)^2 / 2`
+      (Sejourne et al. 2019, Thm. 1; ott-jax's `sinkhorn_divergence`).
+    - `relative_epsilon`: `None` (the default: `epsilon` is absolute) or
+      `"mean"`: `epsilon` times the mean cost over all pairs (unweighted, as
+      ott-jax's `relative_epsilon="mean"`), for the squared Euclidean cost or
+      a cost matrix. The scale depends on the points and is differentiated
+      (docs/unbalanced.md, "Relative epsilon"); the divergence uses one scale, that of `c(x, y)`, for its three terms.
+
     **Returns:** the scalar divergence.
     """
     return _evaluate(
-        _divergence_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw
+        _divergence_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw,
+        tau_a=tau_a, tau_b=tau_b, relative_epsilon=relative_epsilon,
     )
 
 
@@ -414,6 +492,9 @@ def sinkhorn_distance(
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The sharp Sinkhorn distance `<P*, C>` (entropic plan, no entropy term).
 
@@ -460,10 +541,20 @@ def sinkhorn_distance(
       (not differentiated), to warm-start the next evaluation; see
       `NewtonCG(warm_start=...)`.
 
+    - `tau_a`, `tau_b`: marginal relaxations in (0, 1] (ott-jax's
+      convention; 1, the default: balanced). Below 1 the loss is that of
+      unbalanced OT (`solve`), the masses of `a`, `b` are free and their
+      gradients exact (docs/unbalanced.md). Not with `LBFGS` or Newton steps.
+    - `relative_epsilon`: `None` (the default: `epsilon` is absolute) or
+      `"mean"`: `epsilon` times the mean cost over all pairs (unweighted, as
+      ott-jax's `relative_epsilon="mean"`), for the squared Euclidean cost or
+      a cost matrix. The scale depends on the points and is differentiated
+      (docs/unbalanced.md, "Relative epsilon").
+
     **Returns:** the scalar `<P*, C>`, or `(<P*, C>, (f, g))` with
     `return_potentials=True`.
     """
     return _evaluate(
         _sharp_value, x, y, a, b, epsilon, cost, solver, linear_solver, block_size, throw, init,
-        return_potentials,
+        return_potentials, tau_a, tau_b, relative_epsilon,
     )

@@ -54,8 +54,11 @@ def solve(
     init: Float[Array, " n"] | tuple[Float[Array, " n"], Float[Array, " m"]] | Coupling
     | None = None,
     throw: bool = True,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Coupling:
-    """Solve balanced entropic OT with the cost matrix `C`.
+    """Solve entropic OT, balanced or unbalanced, with the cost matrix `C`.
 
     `min_{P in U(a, b)} <P, C> + epsilon KL(P | a b^T)`, as `ot_matfree.solve`
     with `C_ij` in place of `c(x_i, y_j)`: the same `Sinkhorn` (every
@@ -66,9 +69,11 @@ def solve(
     **Arguments:**
 
     - `C`: the cost matrix, shape (n, m), finite, float32 or float64.
-    - `a`, `b`: positive weights summing to one; uniform if `None`.
-    - `epsilon`, `solver`, `block_size`, `init`, `throw`: as for
-      `ot_matfree.solve`.
+    - `a`, `b`: positive weights summing to one (any positive masses when
+      unbalanced); uniform if `None`.
+    - `epsilon`, `solver`, `block_size`, `init`, `throw`, `tau_a`, `tau_b`,
+      `relative_epsilon`: as for `ot_matfree.solve` (`"mean"`: `epsilon`
+      times `mean(C)`).
 
     **Returns:** a `Coupling` whose `x` is `C` and whose `y` holds the column
     indices (shape (m, 1)); `om.grad`, `om.hvp`, `om.spectrum` and the
@@ -78,7 +83,8 @@ def solve(
     C, ids = cost_matrix_and_ids("C", C)
     return solve_placed(
         row_sharding(C=C), C, ids, a, b, epsilon=epsilon, cost=MatrixCost(), solver=solver,
-        block_size=block_size, init=init, throw=throw,
+        block_size=block_size, init=init, throw=throw, tau_a=tau_a, tau_b=tau_b,
+        relative_epsilon=relative_epsilon,
     )
 
 
@@ -86,10 +92,11 @@ _LOSS_ARGS = """
     **Arguments:**
 
     - `C`: the cost matrix, shape (n, m), finite, float32 or float64.
-    - `a`, `b`: positive weights summing to one; uniform (and not
-      differentiated) if `None`.
+    - `a`, `b`: positive weights summing to one (any positive masses when
+      unbalanced); uniform (and not differentiated) if `None`.
     - `epsilon`, `solver`, `linear_solver`, `block_size`, `throw`, `init`,
-      `return_potentials`: as for `ot_matfree.ot_cost`.
+      `return_potentials`, `tau_a`, `tau_b`, `relative_epsilon`: as for
+      `ot_matfree.ot_cost` (`"mean"`: `epsilon` times `mean(C)`, differentiated).
 """
 
 
@@ -105,6 +112,9 @@ def ot_cost(
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The regularised OT cost of the cost matrix `C` (ott-jax's `reg_ot_cost`).
 
@@ -117,7 +127,7 @@ def ot_cost(
     C, ids = cost_matrix_and_ids("C", C)
     return _evaluate(
         _ot_value, C, ids, a, b, epsilon, MatrixCost(), solver, linear_solver, block_size,
-        throw, init, return_potentials,
+        throw, init, return_potentials, tau_a, tau_b, relative_epsilon,
     )
 
 
@@ -136,6 +146,9 @@ def sinkhorn_distance(
     throw: bool = True,
     init: Coupling | tuple[Array, Array] | None = None,
     return_potentials: bool = False,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""] | tuple[Float[Array, ""], tuple[Array, Array]]:
     """The sharp Sinkhorn distance `<P*, C>` of the cost matrix `C` (Qiu, Yin & Wang's loss).
 
@@ -150,7 +163,7 @@ def sinkhorn_distance(
     C, ids = cost_matrix_and_ids("C", C)
     return _evaluate(
         _sharp_value, C, ids, a, b, epsilon, MatrixCost(), solver, linear_solver, block_size,
-        throw, init, return_potentials,
+        throw, init, return_potentials, tau_a, tau_b, relative_epsilon,
     )
 
 
@@ -169,6 +182,9 @@ def sinkhorn_divergence(
     linear_solver: AbstractHSolver = CG(),
     block_size: BlockSize = None,
     throw: bool = True,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Float[Array, ""]:
     """The Sinkhorn divergence `OT(C_xy, a, b) - OT(C_xx, a, a) / 2 - OT(C_yy, b, b) / 2`.
 
@@ -184,9 +200,15 @@ def sinkhorn_divergence(
       within each, shapes (n, m), (n, n), (m, m).
     - `a`, `b`, `epsilon`, `solver`, `linear_solver`, `block_size`,
       `throw`: as for `ot_cost`.
+    - `tau_a`, `tau_b`: equal marginal relaxations in (0, 1]; below 1 the
+      unbalanced divergence, with the mass term `eps (sum a - sum b)^2 / 2`
+      (as `ot_matfree.sinkhorn_divergence`).
+    - `relative_epsilon`: `None` or `"mean"`: `epsilon` times `mean(C_xy)`,
+      one scale for the three terms, differentiated.
     """
     return matrix_divergence(
         C_xy, C_xx, C_yy, a, b, epsilon=epsilon, solver=solver, linear_solver=linear_solver,
-        block_size=block_size, throw=throw,
+        block_size=block_size, throw=throw, tau_a=tau_a, tau_b=tau_b,
+        relative_epsilon=relative_epsilon,
     )
 

@@ -146,15 +146,19 @@ def main(full: bool):
         s_batch = jax.device_put(batch, NamedSharding(explicit, P(None, "points")))
         check("explicit hvp_x, 2 tangents at once", om.hvp_x(c, s_batch), om.hvp_x(ref, batch))
 
-        for loss in LOSSES if full else (om.sinkhorn_divergence,):
+        # The quick subset runs the unbalanced divergence (its three solves, the
+        # relaxed H-matrix and the mass term); `--full` every loss, balanced too.
+        unbalanced = [(om.sinkhorn_divergence, 0.9)]
+        cases = [(loss, 1.0) for loss in LOSSES] + unbalanced if full else unbalanced
+        for loss, tau in cases:
             # One compiled call gives the value, the gradient and an HVP.
-            def value_and_grad(*z, loss=loss):
+            def value_and_grad(*z, loss=loss, tau=tau):
                 value = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
-                return value(*z, epsilon=EPS, solver=SOLVER)
+                return value(*z, epsilon=EPS, solver=SOLVER, tau_a=tau, tau_b=tau)
 
             out, d_out = jax.jvp(value_and_grad, s_args, s_tangents)
             ref, d_ref = jax.jvp(value_and_grad, args, tangents)
-            name = f"explicit {loss.__name__}"
+            name = f"explicit {loss.__name__}" + ("" if tau == 1.0 else f", tau {tau}")
             check(f"{name} value", out[0], ref[0])
             check(f"{name} grad", out[1], ref[1], out[1])
             check(f"{name} jvp(grad)", d_out[1], d_ref[1], d_out[1])

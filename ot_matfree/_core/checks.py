@@ -114,8 +114,10 @@ def check_symmetric(name: str, C: Array) -> Array:
 WEIGHT_SUM_TOL = float(np.sqrt(np.finfo(np.float32).eps))
 
 
-def check_weights(name: str, w, size: int, dtype) -> Array:
-    """Positive weights summing to one; uniform when `w` is None.
+def check_weights(name: str, w, size: int, dtype, normalised: bool = True) -> Array:
+    """Positive weights summing to one; uniform when `w` is None. With
+    `normalised=False` (unbalanced OT, where the masses are free) any positive
+    finite weights, as given.
 
     Rule, one for every dtype: `|sum(w) - 1| <= WEIGHT_SUM_TOL` (3.5e-4, the
     square root of float32's machine epsilon), the sum taken in the
@@ -137,6 +139,8 @@ def check_weights(name: str, w, size: int, dtype) -> Array:
         raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
     w = error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
     w = error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
+    if not normalised:
+        return w
     total = jnp.sum(w)
     w = error_if(
         w,
@@ -213,8 +217,10 @@ def check_block_size(block_size) -> BlockSize:
     return int(block_size)
 
 
-def check_problem(x, y, a, b, epsilon, cost=None, matrix_name="C"):
-    """Validate a balanced OT problem; `None` weights become uniform.
+def check_problem(x, y, a, b, epsilon, cost=None, matrix_name="C", balanced=True):
+    """Validate an OT problem; `None` weights become uniform. Balanced
+    (`balanced=True`), given weights must sum to one; unbalanced, any
+    positive finite weights.
 
     For a `MatrixCost`, `x` is the cost matrix (n, m), named `matrix_name` in
     errors, and `y` its column points (`column_ids(m)`, made by
@@ -232,6 +238,6 @@ def check_problem(x, y, a, b, epsilon, cost=None, matrix_name="C"):
         x = check_points("x", x)
         y = check_points("y", y)
         check_same_dim(x, y)
-    a = check_weights("a", a, x.shape[0], x.dtype)
-    b = check_weights("b", b, y.shape[0], x.dtype)
+    a = check_weights("a", a, x.shape[0], x.dtype, balanced)
+    b = check_weights("b", b, y.shape[0], x.dtype, balanced)
     return x, y, a, b, check_epsilon(epsilon, x.dtype)

@@ -110,6 +110,10 @@ class Coupling(eqx.Module):
     - `sharding`: how the rows of `x` and `y` are split over devices (a
       `RowSharding`, read by `solve` and `from_ott` from the inputs'
       placement; `None`: one device). Every streaming pass follows it.
+    - `tau_a`, `tau_b`: marginal relaxations in (0, 1] (ott-jax's
+      convention, `tau = rho / (rho + epsilon)`; 1: the marginal is a hard
+      constraint, the balanced problem). Below 1 the marginal is penalised
+      by `rho KL(P 1 | a)` (docs/unbalanced.md); Python floats, static.
 
     The diagnostics (`num_iters`, `marginal_error`, `reg_ot_cost`, `result`)
     are `None` for a coupling built directly from potentials rather than by
@@ -131,6 +135,8 @@ class Coupling(eqx.Module):
     num_passes: Int[Array, ""] | None = None
     block_size: BlockSize = eqx.field(static=True, default=None)
     sharding: RowSharding | None = eqx.field(static=True, default=None)
+    tau_a: float = eqx.field(static=True, default=1.0)
+    tau_b: float = eqx.field(static=True, default=1.0)
 
     def __post_init__(self):
         # A NumPy integer (`np.int64(16)`) becomes a Python `int`: a static
@@ -147,6 +153,11 @@ class Coupling(eqx.Module):
         return self.result == RESULTS.successful
 
     @property
+    def balanced(self) -> bool:
+        """Both marginals are hard constraints (`tau_a = tau_b = 1`)."""
+        return self.tau_a == 1.0 and self.tau_b == 1.0
+
+    @property
     def shape(self) -> tuple[int, int]:
         return self.x.shape[0], self.y.shape[0]
 
@@ -154,7 +165,8 @@ class Coupling(eqx.Module):
         """The coupling `P^T` (source and target swapped; diagnostics dropped)."""
         return Coupling(
             self.y, self.x, self.b, self.a, self.g, self.f, self.epsilon, self.cost.transpose(),
-            block_size=self.block_size, sharding=self.sharding,
+            block_size=self.block_size, sharding=self.sharding, tau_a=self.tau_b,
+            tau_b=self.tau_a,
         )
 
     def block(self, width: int, kind: str = "pairs") -> int:

@@ -20,6 +20,7 @@ from jaxtyping import Array, Float
 
 from .._core.checks import check_tangent, error_if, error_if_failed
 from .._core.coupling import Coupling, upstream_status
+from .._core.relaxation import conjugate, target
 from .._linear.operators import HOperator, h_operator
 from .._stream.pair import gradients, schur_rhs, tangent_gradients
 from .._core.results import RESULTS
@@ -53,13 +54,86 @@ def grad(coupling: Coupling, *, throw: bool = True) -> tuple[Array, Array, Array
 
     `grad_x_i = sum_j P_ij grad_1 c(x_i, y_j)`, `grad_y_j = sum_i P_ij grad_2 c`,
     `grad_a = f - eps log a`, `grad_b = g - eps log b` (ott-jax's convention;
-    on the simplex only the part orthogonal to 1 is meaningful). With
+    on the simplex only the part orthogonal to 1 is meaningful). Unbalanced,
+    the masses are free and the weight gradients are exact
+    (`weight_gradients`, docs/unbalanced.md). With
     `throw=True` a non-finite gradient (a cost that is not differentiable
     where the coupling has mass) raises `RESULTS.nonfinite_derivative`.
     """
     gx, gy = check_finite(gradients(coupling), coupling, throw)
+    return gx, gy, *weight_gradients(coupling)
+
+
+def _reduced(coupling: Coupling):
+    """`(h_f, h_g) = (f - eps log a, g - eps log b)`, the potentials without the log-weights."""
     eps = coupling.epsilon
-    return gx, gy, coupling.f - eps * jnp.log(coupling.a), coupling.g - eps * jnp.log(coupling.b)
+    return coupling.f - eps * jnp.log(coupling.a), coupling.g - eps * jnp.log(coupling.b)
+
+
+def weight_gradients(coupling: Coupling):
+    """`(grad_a, grad_b)` of `reg_ot_cost` (Danskin, docs/unbalanced.md).
+
+    Balanced: `(f - eps log a, g - eps log b)` (ott-jax's convention). With a
+    relaxed marginal: `grad_a = Phi_a(h_f) + eps (sum b - s_a)`,
+    `s_a = exp(-h_f / rho_a)` (`s_a = 1` and `Phi_a(h) = h` on a side with
+    `tau = 1`), and likewise `grad_b`.
+    """
+    h_f, h_g = _reduced(coupling)
+    if coupling.balanced:
+        return h_f, h_g
+    eps, a, b = coupling.epsilon, coupling.a, coupling.b
+    s_a, s_b = weight_factors(coupling, divide=False)
+    grad_a = conjugate(h_f, eps, coupling.tau_a) + eps * (jnp.sum(b) - s_a)
+    grad_b = conjugate(h_g, eps, coupling.tau_b) + eps * (jnp.sum(a) - s_b)
+    return grad_a, grad_b
+
+
+def weight_factors(coupling: Coupling, divide: bool = True):
+    """`(s_a / tau_a, s_b / tau_b)`, `s_a = (P 1)_i / a_i = exp(-h_f / rho_a)` at the
+    optimum (`s = 1` and `tau = 1` on a balanced side): a weight tangent `da`
+    enters the H-system as `eps (s_a / tau_a) da` (docs/unbalanced.md). Without
+    `divide`, `(s_a, s_b)`."""
+    h_f, h_g = _reduced(coupling)
+    eps = coupling.epsilon
+    one_a, one_b = jnp.ones_like(h_f), jnp.ones_like(h_g)
+    s_a = target(one_a, h_f, eps, coupling.tau_a)
+    s_b = target(one_b, h_g, eps, coupling.tau_b)
+    if not divide:
+        return s_a, s_b
+    return s_a / coupling.tau_a, s_b / coupling.tau_b
+
+
+def weight_rhs(coupling: Coupling, da, db):
+    """The weight tangents' part of the H-system's right-hand side:
+    `(eps da, eps db)` balanced, `eps (s / tau) d` per relaxed side; `None`
+    for a `None` tangent."""
+    eps = coupling.epsilon
+    if coupling.balanced:
+        factor_a = factor_b = 1.0
+    else:
+        factor_a, factor_b = weight_factors(coupling)
+    return (None if da is None else eps * factor_a * da,
+            None if db is None else eps * factor_b * db)
+
+
+def weight_outputs(coupling: Coupling, df, dg, da, db):
+    """The JVP of `weight_gradients` given the potentials' tangent `(df, dg)`.
+
+    Balanced: `(df - eps da / a, dg - eps db / b)`. Relaxed:
+    `d grad_a = (s_a / tau_a) (df - eps da / a) + eps sum(db)`, likewise `b`.
+    """
+    eps, a, b = coupling.epsilon, coupling.a, coupling.b
+    dh_f = df if da is None else df - eps * da / a
+    dh_g = dg if db is None else dg - eps * db / b
+    if coupling.balanced:
+        return dh_f, dh_g
+    factor_a, factor_b = weight_factors(coupling)
+    out_a, out_b = factor_a * dh_f, factor_b * dh_g
+    if db is not None:
+        out_a = out_a + eps * jnp.sum(db)
+    if da is not None:
+        out_b = out_b + eps * jnp.sum(da)
+    return out_a, out_b
 
 
 @eqx.filter_jit
@@ -168,7 +242,6 @@ def _batch_size(tangents: dict, shapes: dict) -> int | None:
 
 def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
     """`hvp` for one tangent (checked, `None` for zero): `(out, result, stats)`."""
-    eps = coupling.epsilon
     # One pass: the right-hand side, the product reducing it to the smaller
     # side, and (without a solver state) H's marginals. The cost's first
     # derivatives enter here: check them before the H-solve, whose own
@@ -178,10 +251,8 @@ def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
         solver_state = _checked_state(coupling, linear_solver, solver_state)
         held = solver_state.operator
         marginal = held.b_hat if coupling.shape[1] > coupling.shape[0] else held.a_hat
-    r, s, a_hat, b_hat, pushed = schur_rhs(
-        coupling, dx, dy, None if da is None else eps * da, None if db is None else eps * db,
-        marginal,
-    )
+    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, dx, dy, *weight_rhs(coupling, da, db),
+                                           marginal)
     if solver_state is None:
         operator = HOperator(coupling, a_hat, b_hat)
     r, s = check_finite((r, s), coupling, throw)
@@ -194,8 +265,7 @@ def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
     finite = finite_status((r, s, out_x, out_y))
     result = stats.pop("result")
     result = RESULTS.where(finite == RESULTS.successful, result, finite)
-    out_a = df if da is None else df - eps * da / coupling.a
-    out_b = dg if db is None else dg - eps * db / coupling.b
+    out_a, out_b = weight_outputs(coupling, df, dg, da, db)
     return (out_x, out_y, out_a, out_b), result, stats
 
 

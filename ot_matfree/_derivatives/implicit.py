@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._forward.config import Config
-from .hvp import solve_h
+from .hvp import solve_h, weight_rhs
 from .._linear.operators import HOperator, h_operator
 from .._stream.pair import schur_rhs
 
@@ -68,10 +68,7 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     coupling = config.solve(x, y, a, b, epsilon)
     # `None` tangents: terms skipped. H's marginals and the product reducing
     # the H-system to its smaller side come from the same pass.
-    r, s, a_hat, b_hat, pushed = schur_rhs(
-        coupling, tx, ty, None if ta is None else epsilon * ta,
-        None if tb is None else epsilon * tb,
-    )
+    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, tx, ty, *weight_rhs(coupling, ta, tb))
     df, dg, _ = solve_h(
         coupling, r, s, linear_solver=config.linear_solver, throw=config.throw,
         operator=HOperator(coupling, a_hat, b_hat), pushed=pushed,

@@ -35,24 +35,33 @@ class Config(eqx.Module):
     sharding: RowSharding | None = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
     init: tuple[Array, Array] | None = None
+    tau_a: float = eqx.field(static=True, default=1.0)
+    tau_b: float = eqx.field(static=True, default=1.0)
+
+    @property
+    def balanced(self) -> bool:
+        return self.tau_a == 1.0 and self.tau_b == 1.0
 
     def coupling(self, x, y, a, b, f, g, epsilon) -> Coupling:
         """The coupling of potentials `f`, `g` (no diagnostics)."""
         return Coupling(
             x, y, a, b, f, g, epsilon, self.cost, block_size=self.block_size,
-            sharding=self.sharding,
+            sharding=self.sharding, tau_a=self.tau_a, tau_b=self.tau_b,
         )
 
     def solve(self, x, y, a, b, epsilon) -> Coupling:
         """`OT_eps(x, y, a, b)`'s coupling."""
         return solve_placed(
             self.sharding, x, y, a, b, epsilon=epsilon, cost=self.cost, solver=self.solver,
-            block_size=self.block_size, init=self.init, throw=self.throw,
+            block_size=self.block_size, init=self.init, throw=self.throw, tau_a=self.tau_a,
+            tau_b=self.tau_b,
         )
 
     def solve_self(self, x, a, epsilon, y=None) -> Coupling:
         """`OT_eps(x, x, a, a)`'s coupling, with symmetric updates where the cost
-        allows (`y`: the column points when they are not `x`, as for a cost matrix)."""
+        allows (`y`: the column points when they are not `x`, as for a cost matrix).
+        Unbalanced, both marginals take `tau_a` (the divergence needs
+        `tau_a = tau_b`)."""
         # The averaged update needs no acceleration: it takes `tol` and `max_iters`.
         solver = self.solver
         if isinstance(solver, LBFGS):
@@ -61,4 +70,5 @@ class Config(eqx.Module):
         return solve_symmetric(
             x, a, epsilon=epsilon, cost=self.cost, solver=solver,
             block_size=self.block_size, sharding=self.sharding, throw=self.throw, y=y,
+            tau=self.tau_a,
         )

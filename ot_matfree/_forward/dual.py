@@ -23,6 +23,13 @@ potentials `(f, g)` is `P_ij = exp((f_i + g_j - C_ij) / eps)`, and
   are `CANCELLATION` times its result (so the usual problems get the same
   value, bit for bit, as before, at no extra pass).
 
+Unbalanced OT (`tau_a`, `tau_b` < 1, `_core/relaxation.py`): the updates
+become `f <- tau_a T_f(g) + (1 - tau_a) eps log a` (the exact maximiser of
+the dual in `f`; ott-jax 0.6 omits the second term, docs/unbalanced.md), the
+marginal error is measured against the optimal marginals
+`a exp(-(f - eps log a) / rho_a)`, and the value is the dual
+`<a, Phi_a(f - eps log a)> + <b, Phi_b(g - eps log b)> + eps (sum a sum b - sum P)`.
+
 `DualProblem` holds the data of one solve; plain Sinkhorn (`steps.py`),
 Newton steps (`newton.py`) and the symmetric solve (`symmetric.py`) all
 update and measure potentials through it.
@@ -35,6 +42,7 @@ from jaxtyping import Array, Float
 
 from .._core.costs import AbstractCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
+from .._core.relaxation import conjugate, target
 from .._core.sharding import RowSharding
 from .._stream.engine import row_logsumexp, stream
 
@@ -49,10 +57,16 @@ def marginal_error(row, col, a, b) -> Float[Array, ""]:
     return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
 
 
-def update_error(weights, f, f_next, epsilon) -> Float[Array, ""]:
-    """`|P 1 - a|_1` of the coupling `(f, g)` from `f_next = T_f(g)`: its row
-    sums are `a_i exp((f_i - f_next_i) / eps)` (`weights` is `a`)."""
-    return jnp.sum(jnp.abs(weights * jnp.expm1((f - f_next) / epsilon)))
+def update_error(weights, f, f_next, epsilon, tau: float = 1.0) -> Float[Array, ""]:
+    """`|P 1 - a_opt|_1` of the coupling `(f, g)` from `f_next`, the update of
+    `f` for this `g` (`weights` is `a`).
+
+    Balanced: `a_opt = a`, `f_next = T_f(g)` and the row sums are
+    `a_i exp((f_i - f_next_i) / eps)`. Unbalanced: `a_opt = a exp(-h / rho)`
+    (`h = f - eps log a`) and `f_next = tau T_f(g) + (1 - tau) eps log a`, so
+    the row sums are `a_opt_i exp((f_i - f_next_i) / (tau eps))`.
+    """
+    return jnp.sum(jnp.abs(weights * jnp.expm1((f - f_next) / (tau * epsilon))))
 
 
 def dual_cost(a, log_a, f, b, log_b, g, epsilon, total_mass) -> Float[Array, ""]:
@@ -84,34 +98,62 @@ class DualProblem(eqx.Module):
     cost: AbstractCost
     block_size: BlockSize = eqx.field(static=True)
     sharding: RowSharding | None = eqx.field(static=True)
+    tau_a: float = eqx.field(static=True, default=1.0)
+    tau_b: float = eqx.field(static=True, default=1.0)
 
     @classmethod
-    def create(cls, x, y, a, b, epsilon, cost, block_size, sharding) -> "DualProblem":
+    def create(cls, x, y, a, b, epsilon, cost, block_size, sharding, tau_a=1.0,
+               tau_b=1.0) -> "DualProblem":
         """The problem of `solve`: `log a`, `log b` computed once."""
-        return cls(x, y, a, b, jnp.log(a), jnp.log(b), epsilon, cost, block_size, sharding)
+        return cls(x, y, a, b, jnp.log(a), jnp.log(b), epsilon, cost, block_size, sharding,
+                   tau_a, tau_b)
+
+    @property
+    def balanced(self) -> bool:
+        return self.tau_a == 1.0 and self.tau_b == 1.0
 
     def coupling(self, f, g, epsilon=None, **diagnostics) -> Coupling:
         """The `Coupling` of `(f, g)` at `epsilon` (the target by default)."""
         eps = self.epsilon if epsilon is None else epsilon
         return Coupling(self.x, self.y, self.a, self.b, f, g, eps, self.cost,
-                        block_size=self.block_size, sharding=self.sharding, **diagnostics)
+                        block_size=self.block_size, sharding=self.sharding, tau_a=self.tau_a,
+                        tau_b=self.tau_b, **diagnostics)
 
     def update_f(self, geometry: Coupling, g, epsilon) -> Float[Array, " n"]:
-        """`T_f(g) = eps log a - eps LSE_j (g_j - C_ij) / eps` on `geometry`
-        (a coupling of this problem at `epsilon`; its potentials are unused)."""
-        return epsilon * (self.log_a - row_logsumexp(geometry, g))
+        """The maximiser of the dual in `f` for this `g`, on `geometry` (a
+        coupling of this problem at `epsilon`; its potentials are unused):
+        `T_f(g) = eps log a - eps LSE_j (g_j - C_ij) / eps`, or with
+        `tau_a < 1`, `tau_a T_f(g) + (1 - tau_a) eps log a`."""
+        return _relaxed(epsilon * (self.log_a - row_logsumexp(geometry, g)), self.log_a,
+                        epsilon, self.tau_a)
 
     def update_g(self, geometry: Coupling, f, epsilon) -> Float[Array, " m"]:
-        """`T_g(f)`, on `geometry` as for `update_f` (not transposed)."""
-        return epsilon * (self.log_b - row_logsumexp(geometry.transpose(), f))
+        """The maximiser in `g`, on `geometry` as for `update_f` (not transposed)."""
+        return _relaxed(epsilon * (self.log_b - row_logsumexp(geometry.transpose(), f)),
+                        self.log_b, epsilon, self.tau_b)
+
+    def row_target(self, f, epsilon) -> Float[Array, " n"]:
+        """The optimal row sums for `f`: `a`, or `a exp(-(f - eps log a) / rho_a)`."""
+        return target(self.a, f - epsilon * self.log_a, epsilon, self.tau_a)
+
+    def column_target(self, g, epsilon) -> Float[Array, " m"]:
+        """The optimal column sums for `g` (`row_target`'s)."""
+        return target(self.b, g - epsilon * self.log_b, epsilon, self.tau_b)
 
     def row_error(self, f, f_next, epsilon) -> Float[Array, ""]:
-        """`|P 1 - a|_1` of `(f, g)` from `f_next = T_f(g)` (`update_error`)."""
-        return update_error(self.a, f, f_next, epsilon)
+        """`|P 1 - a_opt|_1` of `(f, g)` from `f_next`, the update of `f` for
+        this `g` (`update_error`)."""
+        return update_error(self.row_target(f, epsilon), f, f_next, epsilon, self.tau_a)
 
     def column_error(self, g, g_next, epsilon) -> Float[Array, ""]:
-        """`|P^T 1 - b|_1` of `(f, g)` from `g_next = T_g(f)`."""
-        return update_error(self.b, g, g_next, epsilon)
+        """`|P^T 1 - b_opt|_1` of `(f, g)` from `g_next`, the update of `g` for this `f`."""
+        return update_error(self.column_target(g, epsilon), g, g_next, epsilon, self.tau_b)
+
+    def row_sums(self, f, f_next) -> Float[Array, " n"]:
+        """`P 1` of `(f, g)` at the target epsilon from `f_next`, the update of
+        `f` for this `g` (no pass)."""
+        eps = self.epsilon
+        return self.row_target(f, eps) * jnp.exp((f - f_next) / (self.tau_a * eps))
 
     def marginal_error(self, row, col) -> Float[Array, ""]:
         """`marginal_error` against this problem's weights."""
@@ -122,7 +164,11 @@ class DualProblem(eqx.Module):
         `dual_cost`, or the streamed form (`streamed_value`, one more pass) where
         `dual_cost` cancels, i.e. where its rounding bound (the magnitudes
         it sums) is `CANCELLATION` times its result or more (large epsilon,
-        where `f` carries `eps log a`)."""
+        where `f` carries `eps log a`).
+
+        Unbalanced: the dual `relaxed_dual_cost` (no streamed form)."""
+        if not self.balanced:
+            return relaxed_dual_cost(self, f, g, total_mass)
         direct = dual_cost(self.a, self.log_a, f, self.b, self.log_b, g, self.epsilon, total_mass)
         eps = self.epsilon
         bound = (
@@ -132,6 +178,26 @@ class DualProblem(eqx.Module):
         )
         cancels = bound > CANCELLATION * jnp.abs(direct)
         return jax.lax.cond(cancels, lambda: streamed_value(self, f, g), lambda: direct)
+
+
+def _relaxed(update, log_w, epsilon, tau: float):
+    """`tau update + (1 - tau) eps log w` (`update` itself at `tau = 1`)."""
+    if tau == 1.0:
+        return update
+    return tau * update + (1 - tau) * epsilon * log_w
+
+
+def relaxed_dual_cost(problem: DualProblem, f, g, total_mass) -> Float[Array, ""]:
+    """The unbalanced dual `<a, Phi_a(h_f)> + <b, Phi_b(h_g)> + eps (sum a sum b - total_mass)`,
+    `h_f = f - eps log a`: the regularised cost (the primal
+    `<P, C> + eps KL(P | a b^T) + rho_a KL(P 1 | a) + rho_b KL(P^T 1 | b)`)
+    at the optimal potentials. Equals `dual_cost` when both `tau` are 1."""
+    eps, a, b = problem.epsilon, problem.a, problem.b
+    return (
+        jnp.dot(a, conjugate(f - eps * problem.log_a, eps, problem.tau_a))
+        + jnp.dot(b, conjugate(g - eps * problem.log_b, eps, problem.tau_b))
+        + eps * (jnp.sum(a) * jnp.sum(b) - total_mass)
+    )
 
 
 def streamed_value(problem: DualProblem, f, g) -> Float[Array, ""]:

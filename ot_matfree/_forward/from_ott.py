@@ -54,7 +54,12 @@ def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Cou
         )
     prob = output.ot_prob
     if not prob.is_balanced:
-        raise ValueError("`from_ott` supports balanced problems only (tau_a = tau_b = 1).")
+        raise ValueError(
+            "`from_ott` supports balanced problems only (tau_a = tau_b = 1): ott-jax 0.6's "
+            "unbalanced potentials are those of the problem with weights (a**tau_a, "
+            "b**tau_b), not (a, b) (docs/unbalanced.md). Solve it here instead: "
+            "`ot_matfree.solve(x, y, a, b, epsilon=..., tau_a=..., tau_b=...)`."
+        )
     if cloud:
         x, y, cost = jnp.asarray(geom.x), jnp.asarray(geom.y), as_cost(geom.cost_fn)
     else:

@@ -24,6 +24,8 @@ from .._core.checks import (
 )
 from .._core.costs import AbstractCost, SqEuclidean, as_cost, is_matrix
 from .._core.coupling import BlockSize, Coupling
+from .._core.relaxation import check_tau
+from .._core.scale import check_relative, scale_problem
 from .._core.results import RESULTS
 from .._core.sharding import RowSharding, auto_partitioned, check_split_like_clouds, row_sharding
 from .dual import DualProblem
@@ -351,8 +353,7 @@ def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, 
     """
 
     def no_newton(f, g, f_hat, err, it, passes):
-        # Row sums of the coupling (f, g) are a_i exp((f_i - T_f(g)_i) / eps).
-        return f, g, problem.a * jnp.exp((f - f_hat) / problem.epsilon), err, it, passes
+        return f, g, problem.row_sums(f, f_hat), err, it, passes
 
     if solver.newton is None:
         return no_newton(f, g, f_hat, err, it, passes)
@@ -371,7 +372,7 @@ def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, 
 @auto_partitioned
 def _solve(
     x, y, a, b, epsilon, cost, solver: Sinkhorn | LBFGS, f_init, g_init, block_size, sharding,
-    throw,
+    throw, tau_a=1.0, tau_b=1.0,
 ) -> Coupling:
     """The jitted solve behind `solve`: from the centred start, Sinkhorn
     (`_sinkhorn_solution`) or L-BFGS (`_lbfgs_solution`), then the `Coupling`
@@ -380,7 +381,7 @@ def _solve(
     f_init, g_init = centred_start(f_init, g_init, y.shape[0])
     if sharding is not None:
         x, y, a, b, f_init, g_init = sharding.place((x, y, a, b, f_init, g_init), sharding.rows)
-    problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding)
+    problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding, tau_a, tau_b)
     phase = _lbfgs_solution if isinstance(solver, LBFGS) else _sinkhorn_solution
     f, g, row, err, it, passes, result = phase(problem, solver, f_init, g_init, cold_g)
     coupling = problem.coupling(
@@ -425,22 +426,29 @@ def solve(
     init: Float[Array, " n"] | tuple[Float[Array, " n"], Float[Array, " m"]] | Coupling
     | None = None,
     throw: bool = True,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
+    relative_epsilon: str | None = None,
 ) -> Coupling:
-    """Solve balanced entropic OT between two weighted point clouds.
+    """Solve entropic OT between two weighted point clouds, balanced or unbalanced.
 
     `min_{P in U(a, b)} <P, C> + epsilon KL(P | a b^T)`, with potentials in
     ott-jax's convention, so `Coupling.reg_ot_cost` equals ott-jax's
-    `reg_ot_cost`. Memory is O((n + m) d + block_size * m).
+    `reg_ot_cost`. With `tau_a` or `tau_b` below 1, the unbalanced problem
+    `min_P <P, C> + eps KL(P | a b^T) + rho_a KL(P 1 | a) + rho_b KL(P^T 1 | b)`
+    (docs/unbalanced.md). Memory is O((n + m) d + block_size * m).
 
     **Arguments:**
 
     - `x`, `y`: source (n, d) and target (m, d) points.
-    - `a`, `b`: positive weights summing to one; uniform if `None`.
+    - `a`, `b`: positive weights summing to one (any positive masses when
+      unbalanced); uniform if `None`.
     - `epsilon`: absolute entropic regularisation (> 0).
     - `cost`: an `AbstractCost`, or any callable `c(x_i, y_j) -> scalar`
       (e.g. an ott-jax `CostFn`).
     - `solver`: a `Sinkhorn` (tolerance, iteration cap, acceleration,
-      annealing, progress), or an `LBFGS` (L-BFGS on the semi-dual).
+      annealing, progress), or an `LBFGS` (L-BFGS on the semi-dual;
+      balanced only, as are `Sinkhorn(newton=...)`'s Newton steps).
     - `block_size`: rows per streaming block; `None` picks it from a memory
       budget (`ot_matfree._core.coupling.DEFAULT_BLOCK_BYTES`), `"auto"`
       measures it once per shape (`ot_matfree._stream.engine.autotune`).
@@ -455,6 +463,15 @@ def solve(
       NaN marginal error). With `throw=False` the coupling is
       returned with `converged=False` and the status in `result` (e.g.
       `RESULTS.sinkhorn_max_iters_reached`).
+    - `tau_a`, `tau_b`: marginal relaxations in (0, 1], ott-jax's convention
+      (`tau = rho / (rho + epsilon)`; 1, the default: the marginal is a hard
+      constraint). Static Python floats. Unbalanced, the marginal error is
+      that to the optimal marginals, `|P 1 - a exp(-(f - eps log a) / rho_a)|_1
+      + ...`, the norm of the dual's gradient (docs/unbalanced.md).
+    - `relative_epsilon`: `None` (`epsilon` is absolute) or `"mean"`:
+      `epsilon` times the mean cost over all pairs (unweighted, ott-jax's
+      `relative_epsilon="mean"`), for the squared Euclidean cost or a cost
+      matrix; the returned coupling's `epsilon` is the absolute value used.
 
     Sharded inputs: when `x` or `y` has its rows split over a mesh axis
     (`jax.device_put(x, NamedSharding(mesh, P("points")))`), every device
@@ -467,32 +484,59 @@ def solve(
     """
     return solve_placed(
         row_sharding(x=x, y=y), x, y, a, b, epsilon=epsilon, cost=cost, solver=solver,
-        block_size=block_size, init=init, throw=throw,
+        block_size=block_size, init=init, throw=throw, tau_a=tau_a, tau_b=tau_b,
+        relative_epsilon=relative_epsilon,
     )
 
 
 def solve_placed(
-    sharding: RowSharding | None, x, y, a, b, *, epsilon, cost, solver, block_size, init, throw
+    sharding: RowSharding | None, x, y, a, b, *, epsilon, cost, solver, block_size, init, throw,
+    tau_a=1.0, tau_b=1.0, relative_epsilon=None,
 ) -> Coupling:
     """`solve` with the clouds' placement given: the losses read it before their
     `jit`, where an `Auto`-axis placement is still visible (`_core/sharding.py`)."""
+    tau_a, tau_b = check_taus(tau_a, tau_b)
+    balanced = tau_a == 1.0 and tau_b == 1.0
+    relative = check_relative(relative_epsilon, as_cost(cost))
     check_split_like_clouds(sharding, a=a, b=b)
-    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, as_cost(cost))
-    check_forward_solver(solver)
+    x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, as_cost(cost), balanced=balanced)
+    if relative:
+        epsilon = epsilon * scale_problem(x, y, as_cost(cost))[2]
+    check_forward_solver(solver, balanced)
     f_init, g_init = initial_potentials(init, x, y)
     check_split_like_clouds(sharding, init=f_init, init_g=g_init)
     block_size = check_block_size(block_size)
     return _solve(
         x, y, a, b, epsilon, as_cost(cost), solver, f_init, g_init, block_size, sharding,
-        bool(throw),
+        bool(throw), tau_a, tau_b,
     )
 
 
-def check_forward_solver(solver) -> None:
+def check_taus(tau_a, tau_b) -> tuple[float, float]:
+    """Both relaxations as Python floats in (0, 1] (`relaxation.check_tau`)."""
+    return check_tau("tau_a", tau_a), check_tau("tau_b", tau_b)
+
+
+def check_forward_solver(solver, balanced: bool = True) -> None:
+    """A `Sinkhorn` or `LBFGS`; unbalanced (`balanced=False`), no L-BFGS and
+    no Newton steps (both are written for the balanced dual)."""
     if not isinstance(solver, (Sinkhorn, LBFGS)):
         raise TypeError(
             f"`solver` must be an ot_matfree.Sinkhorn or ot_matfree.LBFGS, got "
             f"{type(solver).__name__}."
+        )
+    if balanced:
+        return
+    if isinstance(solver, LBFGS):
+        raise ValueError(
+            "`LBFGS` minimises the balanced semi-dual; for unbalanced OT (`tau_a` or `tau_b` "
+            "< 1) use `Sinkhorn()` (momentum, Anderson and annealing all apply)."
+        )
+    if solver.newton is not None:
+        raise ValueError(
+            "`Sinkhorn(newton=...)`'s Newton steps are written for the balanced dual; for "
+            "unbalanced OT (`tau_a` or `tau_b` < 1) leave `newton=None` (momentum, Anderson "
+            "and annealing all apply)."
         )
 
 

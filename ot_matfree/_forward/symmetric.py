@@ -19,6 +19,7 @@ from .._core.checks import (
 )
 from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
+from .._core.relaxation import check_tau
 from .._core.sharding import RowSharding, auto_partitioned
 from .dual import DualProblem
 from .sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_placed
@@ -33,7 +34,7 @@ def is_symmetric(cost: AbstractCost) -> bool:
 @eqx.filter_jit
 @auto_partitioned
 def _solve_symmetric(
-    x, y, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw
+    x, y, a, epsilon, cost, solver: Sinkhorn, block_size, sharding, throw, tau=1.0
 ) -> Coupling:
     """The averaged update `f <- (f + T(f)) / 2` from `f = 0` until the marginal
     error is `<= solver.tol`, `max_iters` or NaN; the `Coupling` `(f, f)` with its
@@ -41,7 +42,7 @@ def _solve_symmetric(
     f0 = jnp.zeros((x.shape[0],), x.dtype)
     if sharding is not None:
         x, y, a, f0 = sharding.place((x, y, a, f0), sharding.rows)
-    problem = DualProblem.create(x, y, a, a, epsilon, cost, block_size, sharding)
+    problem = DualProblem.create(x, y, a, a, epsilon, cost, block_size, sharding, tau, tau)
 
     def transform(f):
         return problem.update_f(problem.coupling(f, f), f, epsilon)
@@ -66,7 +67,7 @@ def _solve_symmetric(
     it, f, tf, err = jax.lax.while_loop(cond, body, (jnp.asarray(0), f0, tf0, error(f0, tf0)))
     if sharding is not None:
         f, tf = sharding.place((f, tf), sharding.rows)
-    total_mass = jnp.sum(a * jnp.exp((f - tf) / epsilon))
+    total_mass = jnp.sum(problem.row_sums(f, tf))
     coupling = problem.coupling(
         f, f, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, f, total_mass),
         result=sinkhorn_status(err, solver),
@@ -77,9 +78,11 @@ def _solve_symmetric(
 def solve_symmetric(
     x, a=None, *, epsilon, cost: AbstractCost = SqEuclidean(), solver: Sinkhorn = Sinkhorn(),
     block_size: BlockSize = None, sharding: RowSharding | None = None, throw: bool = True,
-    y=None,
+    y=None, tau: float = 1.0,
 ) -> Coupling:
-    """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`.
+    """`OT_eps(x, x, a, a)` with symmetric potentials `f = g`; with `tau < 1`
+    the unbalanced self term (`tau_a = tau_b = tau`; the same averaged update
+    of the relaxed `T`).
 
     `y`: the column points when they are not `x` itself (a cost matrix's
     column indices, `x` then being the symmetric matrix `C_xx`).
@@ -95,14 +98,15 @@ def solve_symmetric(
     if not is_symmetric(cost):
         return solve_placed(
             sharding, x, y, a, a, epsilon=epsilon, cost=cost, solver=solver,
-            block_size=block_size, init=None, throw=throw,
+            block_size=block_size, init=None, throw=throw, tau_a=tau, tau_b=tau,
         )
     if isinstance(cost, MatrixCost):
         x = check_cost_matrix("C", x)
     else:
         x = y = check_points("x", x)
-    a = check_weights("a", a, x.shape[0], x.dtype)
+    tau = check_tau("tau", tau)
+    a = check_weights("a", a, x.shape[0], x.dtype, normalised=tau == 1.0)
     epsilon = check_epsilon(epsilon, x.dtype)
     return _solve_symmetric(
-        x, y, a, epsilon, cost, solver, check_block_size(block_size), sharding, bool(throw)
+        x, y, a, epsilon, cost, solver, check_block_size(block_size), sharding, bool(throw), tau
     )

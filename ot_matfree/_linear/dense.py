@@ -48,7 +48,8 @@ class DenseSolver(AbstractHSolver):
       must be in `[0, 0.5)`. `None`: `(n + m) * machine epsilon`, i.e. only
       the null vector.
     - `normalise`: apply the cut-off to the normalised H-matrix
-      `Hn = D^-1/2 H D^-1/2`, `D = diag(a_hat, b_hat)` (largest eigenvalue
+      `Hn = D^-1/2 H D^-1/2`, `D` H's diagonal (`diag(a_hat, b_hat)` when
+      balanced; largest eigenvalue
       exactly 2, eigenvalues `1 +- s_i` of the normalised coupling) and return
       `D^-1/2 Hn_tau^+ D^-1/2 rhs`: the definition `TruncatedSVD` implements
       matrix-free. Same as the default for uniform weights with `n = m`
@@ -80,7 +81,7 @@ class DenseSolver(AbstractHSolver):
         h = check_h_operator(operator).as_matrix()
         root = None
         if self.normalise:
-            root = jnp.sqrt(jnp.concatenate([operator.a_hat, operator.b_hat]))
+            root = jnp.sqrt(jnp.concatenate(operator.diagonal))
             h = h / root[:, None] / root[None, :]
         evals, evecs = jnp.linalg.eigh(h)
         cutoff = h.shape[0] * jnp.finfo(h.dtype).eps if self.threshold is None else self.threshold
@@ -89,11 +90,15 @@ class DenseSolver(AbstractHSolver):
         return DenseState(operator, evecs, inv, root)
 
     def solve_split(self, state: DenseState, r, s, options=None):
-        r, s = project_range(r, s)
+        balanced = state.operator.balanced
+        if balanced:
+            r, s = project_range(r, s)
         rhs = jnp.concatenate([r, s])
         sol = state.pinv(rhs)
         n = r.shape[0]
-        df, dg = project_range(sol[:n], sol[n:])
+        df, dg = sol[:n], sol[n:]
+        if balanced:
+            df, dg = project_range(df, dg)
         rhs_norm = jnp.linalg.norm(rhs)
         residual = jnp.linalg.norm(state.operator.mv(sol) - rhs)
         residual = residual / jnp.where(rhs_norm > 0, rhs_norm, 1)

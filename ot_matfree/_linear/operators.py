@@ -39,11 +39,14 @@ class CouplingOperator(lx.AbstractLinearOperator):
 
 
 class HOperator(lx.AbstractLinearOperator):
-    """`H = [[diag(a_hat), P], [P^T, diag(b_hat)]]` on vectors `[u; v]` of size n + m.
+    """`H = [[diag(a_hat / tau_a), P], [P^T, diag(b_hat / tau_b)]]` on vectors
+    `[u; v]` of size n + m.
 
-    `a_hat = P 1` and `b_hat = P^T 1` are the actual marginals of the coupling,
-    which makes `(1_n, -1_m)` an exact null vector. Symmetric PSD. Build it
-    with `h_operator`.
+    `a_hat = P 1` and `b_hat = P^T 1` are the actual marginals of the coupling.
+    Balanced (`tau_a = tau_b = 1`, the coupling's), `(1_n, -1_m)` is an exact
+    null vector and H is symmetric PSD; unbalanced (either `tau` < 1) the
+    diagonal gains `a_hat (1 / tau_a - 1)` and H is positive definite
+    (docs/unbalanced.md). Build it with `h_operator`.
     """
 
     coupling: Coupling
@@ -55,17 +58,29 @@ class HOperator(lx.AbstractLinearOperator):
         """The off-diagonal block `P` as a `CouplingOperator`."""
         return CouplingOperator(self.coupling)
 
+    @property
+    def balanced(self) -> bool:
+        """Whether H is the balanced, singular H-matrix (null vector `(1, -1)`)."""
+        return self.coupling.balanced
+
+    @property
+    def diagonal(self) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+        """H's diagonal blocks: `(a_hat / tau_a, b_hat / tau_b)`."""
+        return self.a_hat / self.coupling.tau_a, self.b_hat / self.coupling.tau_b
+
     def mv(self, vector):
         n = self.a_hat.shape[0]
         u, v = vector[:n], vector[n:]
         pv, ptu = apply(self.coupling, v=v, u=u)
-        return jnp.concatenate([self.a_hat * u + pv, ptu + self.b_hat * v])
+        da, db = self.diagonal
+        return jnp.concatenate([da * u + pv, ptu + db * v])
 
     def as_matrix(self) -> Float[Array, "n+m n+m"]:
         """Dense `H`: O((n + m)^2) memory, small problems only."""
         p = self.p.as_matrix()
-        top = jnp.concatenate([jnp.diag(self.a_hat), p], axis=1)
-        bottom = jnp.concatenate([p.T, jnp.diag(self.b_hat)], axis=1)
+        da, db = self.diagonal
+        top = jnp.concatenate([jnp.diag(da), p], axis=1)
+        bottom = jnp.concatenate([p.T, jnp.diag(db)], axis=1)
         return jnp.concatenate([top, bottom], axis=0)
 
     def transpose(self):
@@ -97,7 +112,7 @@ def _register(cls, symmetric: bool, diagonal) -> None:
 
 
 _register(CouplingOperator, False, lambda operator: jnp.diag(operator.as_matrix()))
-_register(HOperator, True, lambda operator: jnp.concatenate([operator.a_hat, operator.b_hat]))
+_register(HOperator, True, lambda operator: jnp.concatenate(operator.diagonal))
 
 
 def coupling_operator(coupling: Coupling) -> CouplingOperator:
@@ -108,7 +123,8 @@ def coupling_operator(coupling: Coupling) -> CouplingOperator:
 @eqx.filter_jit
 @auto_partitioned
 def h_operator(coupling: Coupling) -> HOperator:
-    """The H-matrix of `coupling` as a streaming, symmetric PSD lineax operator.
+    """The H-matrix of `coupling` as a streaming, symmetric PSD lineax operator
+    (positive definite when the coupling is unbalanced).
 
     Costs one streaming pass (for the marginals `P 1`, `P^T 1`). Solve with it
     through `lineax.linear_solve(h_operator(c), rhs, solver=CG())` (or any

@@ -13,6 +13,12 @@ preconditioner; the spectral solvers work with `Pt` directly.
 `Coupling.transpose()` when `m > n`), so each row block's `Q_b y` is
 complete in its block, `diag(1/p)` applies there, and `Q_b^T (Q_b y / p_b)`
 accumulates over the smaller side; every exp is computed once per CG step.
+
+Unbalanced (`tau_a` or `tau_b` < 1, docs/unbalanced.md): H's diagonal blocks
+are `p / tau_p` and `q / tau_q`, and normalising by them instead gives
+`N = I - kappa Pt^T Pt` with the same `Pt` and `kappa = tau_a tau_b < 1`:
+eigenvalues `1 - kappa s_k^2 >= 1 - kappa > 0`, no null vector (nothing is
+projected out), and the spectrum of `Pt` (`block_krylov.py`) serves both.
 """
 
 import equinox as eqx
@@ -52,32 +58,62 @@ class NormalisedSchur(eqx.Module):
       `CouplingOperator`.
     - `p`, `q`: the marginals of the larger and of the smaller side.
     - `swapped`: `True` when the smaller side is the source `x` (`n < m`).
+    - `tau_p`, `tau_q`: the marginal relaxations of the two sides (1:
+      balanced); `N = I - kappa Pt^T Pt` with `kappa = tau_p tau_q`.
     """
 
     q_op: CouplingOperator
     p: Float[Array, " big"]
     q: Float[Array, " small"]
     swapped: bool = eqx.field(static=True)
+    tau_p: float = eqx.field(static=True, default=1.0)
+    tau_q: float = eqx.field(static=True, default=1.0)
 
     @classmethod
     def from_h(cls, operator: HOperator) -> "NormalisedSchur":
         """`N` of the H-matrix `operator`, on whichever side is smaller."""
         n, m = operator.a_hat.shape[0], operator.b_hat.shape[0]
+        tau_a, tau_b = operator.coupling.tau_a, operator.coupling.tau_b
         if m <= n:
-            return cls(operator.p, operator.a_hat, operator.b_hat, False)
-        return cls(operator.p.T, operator.b_hat, operator.a_hat, True)
+            return cls(operator.p, operator.a_hat, operator.b_hat, False, tau_a, tau_b)
+        return cls(operator.p.T, operator.b_hat, operator.a_hat, True, tau_b, tau_a)
+
+    @property
+    def balanced(self) -> bool:
+        """`kappa = 1`: `N` is singular with null vector `sqrt(q)`."""
+        return self.tau_p == 1.0 and self.tau_q == 1.0
+
+    @property
+    def kappa(self) -> float:
+        """`tau_p tau_q`: `N = I - kappa Pt^T Pt`."""
+        return self.tau_p * self.tau_q
+
+    def eigenvalues(self, gaps: Float[Array, " k"]) -> Float[Array, " k"]:
+        """`N`'s eigenvalues `1 - kappa s^2` on singular directions of `Pt`
+        with `gaps = 1 - s^2` (the gaps themselves when balanced)."""
+        if self.balanced:
+            return gaps
+        return (1 - self.kappa) + self.kappa * gaps
 
     @property
     def null_vector(self) -> Float[Array, " small"]:
-        """Unit vector spanning the null space of `N` (and the top right
-        singular vector of `Pt`)."""
+        """The top right singular vector of `Pt` (`s_1 = 1`), unit: it spans
+        the null space of `N` when balanced (unbalanced, `N`'s eigenvalue
+        there is `1 - kappa`)."""
         root = jnp.sqrt(self.q)
         return root / jnp.linalg.norm(root)
 
     def project(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
-        """Remove the null-vector component."""
+        """Remove the null-vector component (balanced; unbalanced, `z` itself)."""
+        if not self.balanced:
+            return z
         u = self.null_vector
         return z - jnp.vdot(u, z) * u
+
+    @property
+    def _root_diag_q(self) -> Float[Array, " small"]:
+        """`sqrt(q / tau_q)`: the normalisation of the smaller side by H's diagonal."""
+        return jnp.sqrt(self.q / self.tau_q)
 
     def pt_mv(self, z: Float[Array, " small"]) -> Float[Array, " big"]:
         """`Pt z` (one pass)."""
@@ -97,49 +133,64 @@ class NormalisedSchur(eqx.Module):
         """`Pt^T Pt z` (one pass; `z` a vector or a thin matrix of columns)."""
         return self._products(z)[1]
 
+    def _gram_scaled(self, gram):
+        return gram if self.balanced else self.kappa * gram
+
     def mv(self, z: Float[Array, " small"]) -> Float[Array, " small"]:
-        """`N z`, the null vector projected out (one pass)."""
-        return self.project(z - self.gram(z))
+        """`N z`, the null vector projected out when balanced (one pass)."""
+        return self.project(z - self._gram_scaled(self.gram(z)))
 
     def mv_and_image(self, z: Float[Array, " small"]):
-        """`(N z, Q (z / sqrt(q)))` in one pass: the product and what `recover`
-        needs of the same `z` (CG's final residual and the recovery share it)."""
+        """`(N z, Q (z / sqrt(q / tau_q)))` in one pass: the product and what
+        `recover` needs of the same `z` (CG's final residual and the recovery
+        share it)."""
         q_y, out = self._products(z)
-        return self.project(z - out), q_y
+        if not self.balanced:
+            q_y = q_y * jnp.sqrt(self.tau_q)
+        return self.project(z - self._gram_scaled(out)), q_y
 
     def reduce(
         self, r: Float[Array, " n"], s: Float[Array, " m"],
         moved: Float[Array, " small"] | None = None,
     ) -> Float[Array, " small"]:
-        """Right-hand side of the normalised system (orthogonal to the null vector).
+        """Right-hand side of the normalised system (orthogonal to the null
+        vector when balanced): `(small - tau_p Q^T (big / p)) / sqrt(q / tau_q)`.
 
         `moved`: `Q^T (big / p)` when already computed, else one pass.
         """
         big, small = (s, r) if self.swapped else (r, s)
         moved = self.q_op.T.mv(big / self.p) if moved is None else moved
-        return self.project((small - moved) / jnp.sqrt(self.q))
+        if not self.balanced:
+            moved = self.tau_p * moved
+        return self.project((small - moved) / self._root_diag_q)
 
     def rounding_level(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
         """Absolute residual below which the reduced right-hand side is rounding noise.
 
-        `reduce` subtracts two terms of norm up to `|[r / sqrt(a_hat); s / sqrt(b_hat)]|`;
-        its result carries rounding error of a few machine epsilons times that.
+        `reduce` subtracts two terms of norm up to `|D^-1/2 [r; s]|` (`D` H's
+        diagonal); its result carries rounding error of a few machine
+        epsilons times that.
         """
         big, small = (s, r) if self.swapped else (r, s)
-        scale = jnp.sqrt(jnp.sum(big**2 / self.p) + jnp.sum(small**2 / self.q))
+        scale = jnp.sqrt(
+            jnp.sum(big**2 * self.tau_p / self.p) + jnp.sum(small**2 * self.tau_q / self.q)
+        )
         return 4 * jnp.finfo(scale.dtype).eps * scale
 
     def recover(
         self, z: Float[Array, " small"], r: Float[Array, " n"], s: Float[Array, " m"],
         image: Float[Array, " big"] | None = None,
     ):
-        """`(df, dg)` from the normalised solution `z`, gauge fixed. `image`:
-        `Q (z / sqrt(q))` when already computed (`mv_and_image`), else one pass."""
+        """`(df, dg)` from the normalised solution `z`, gauge fixed when
+        balanced. `image`: `Q (z / sqrt(q / tau_q))` when already computed
+        (`mv_and_image`), else one pass."""
         big = s if self.swapped else r
-        d_small = z / jnp.sqrt(self.q)
+        d_small = z / self._root_diag_q
         image = self.q_op.mv(d_small) if image is None else image
-        d_big = (big - image) / self.p
+        d_big = self.tau_p * (big - image) / self.p
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
+        if not self.balanced:
+            return df, dg
         return project_range(df, dg)
 
 
@@ -160,9 +211,13 @@ def reduced_system(
     and `Q^T ((big + c) / p) = Q^T (big / p) + c Q^T (1 / p)`.
     """
     pushed = None if options is None else options.get(_PUSHED)
+    schur = NormalisedSchur.from_h(operator)
+    if not schur.balanced:
+        # H is nonsingular: every right-hand side is in its range.
+        moved = None if pushed is None else pushed[0]
+        return schur, r, s, schur.reduce(r, s, moved)
     shift = range_shift(r, s)
     r, s = r - shift, s + shift
-    schur = NormalisedSchur.from_h(operator)
     moved = None
     if pushed is not None:
         to_big, to_one = pushed

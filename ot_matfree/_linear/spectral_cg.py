@@ -15,7 +15,8 @@ from .cg import conjugate_gradient
 def deflation(
     schur: NormalisedSchur, v: Float[Array, "small k"], gaps: Float[Array, " k"]
 ):
-    """`M^-1 = I + V (diag(1 / gaps) - I) V^T` on the complement of the null vector.
+    """`M^-1 = I + V (diag(1 / gaps) - I) V^T` on the complement of the null
+    vector (`gaps`: `N`'s eigenvalues on `V`, `NormalisedSchur.eigenvalues`).
 
     With exact singular vectors the preconditioned operator has the
     eigenvalues of `N` with those `1 - s^2` replaced by 1. Gaps are floored
@@ -78,9 +79,14 @@ class SpectralCG(AbstractSpectralSolver):
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         atol = jnp.maximum(self.atol, schur.rounding_level(r, s))
+        # Balanced, direction 0 is N's null vector (projected out);
+        # unbalanced, an eigenvector with eigenvalue 1 - kappa, deflated too.
+        first = 1 if schur.balanced else 0
         z, stats, image = conjugate_gradient(
             schur.mv, b, rtol=rtol, atol=atol, max_steps=self.max_steps,
-            preconditioner=deflation(schur, spec.v[:, 1:], spec.gaps[1:]),
+            preconditioner=deflation(
+                schur, spec.v[:, first:], schur.eigenvalues(spec.gaps[first:])
+            ),
             final_product=schur.mv_and_image,
         )
 

@@ -51,6 +51,10 @@ class TruncatedSVD(AbstractSpectralSolver):
     `ot_matfree/_linear/truncated_svd.py` for why the cut-off is defined on `Hn`). Matches
     `DenseSolver(threshold, normalise=True)` when every direction below the
     cut-off is among the computed ones (`stats["truncation_complete"]`).
+    Unbalanced (`tau_a tau_b = kappa < 1`), `D` is H's diagonal, `Hn`'s
+    eigenvalues are `1 +- sqrt(kappa) s_i` and the cut-off is
+    `threshold * (1 + sqrt(kappa))`; H is then nonsingular, and nothing is
+    dropped unless `1 - sqrt(kappa)` is below it.
 
     **Arguments:**
 
@@ -63,8 +67,8 @@ class TruncatedSVD(AbstractSpectralSolver):
       run once in `init` (reuse the state as for `SpectralCG`).
 
     Stats: `num_steps` (CG iterations), `residual`, `converged`,
-    `num_truncated` (dropped directions, the null vector included, as in
-    `DenseSolver`), `num_deflated` (captured directions kept and deflated),
+    `num_truncated` (dropped directions, the null vector included when
+    balanced, as in `DenseSolver`), `num_deflated` (captured directions kept and deflated),
     `truncation_complete` (at least one computed direction was kept, so no
     direction below the cut-off was missed), `spectrum_residual`.
     """
@@ -83,21 +87,31 @@ class TruncatedSVD(AbstractSpectralSolver):
             raise ValueError(f"`threshold` must be in [0, 0.5), got {self.threshold}.")
 
     def solve_split(self, state, r, s, options=None):
-        r, s = project_range(r, s)
         schur = NormalisedSchur.from_h(state.operator)
+        balanced = schur.balanced
+        if balanced:
+            r, s = project_range(r, s)
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
-        root_p, root_q = jnp.sqrt(schur.p), jnp.sqrt(schur.q)
+        # Normalised by H's diagonal, the off-diagonal block is `root_k Pt`
+        # (`root_k = sqrt(kappa)`, 1 when balanced): Hn's eigenvalues are
+        # `1 +- sigma_i`, `sigma_i = root_k s_i`, the largest `1 + root_k`.
+        root_k = 1.0 if balanced else schur.kappa**0.5
+        root_p, root_q = jnp.sqrt(schur.p / schur.tau_p), jnp.sqrt(schur.q / schur.tau_q)
         big, small = (s, r) if schur.swapped else (r, s)
         rho_big, rho_small = big / root_p, small / root_q
 
-        drop = spec.one_minus_s <= 2 * self.threshold
-        drop = drop.at[0].set(True)
+        sigma = root_k * spec.singular_values
+        if balanced:
+            drop = spec.one_minus_s <= 2 * self.threshold
+            drop = drop.at[0].set(True)
+        else:
+            drop = 1 - sigma <= (1 + root_k) * self.threshold
         u, v = spec.u, spec.v
         c_big = jnp.where(drop, u.T @ rho_big, 0)
         c_small = jnp.where(drop, v.T @ rho_small, 0)
-        # On each dropped plane keep the (u_i, v_i) half, eigenvalue 1 + s_i.
-        coeff = (c_big + c_small) / (2 * (1 + spec.singular_values))
+        # On each dropped plane keep the (u_i, v_i) half, eigenvalue 1 + sigma_i.
+        coeff = (c_big + c_small) / (2 * (1 + sigma))
         rho_big = rho_big - u @ c_big
         rho_small = rho_small - v @ c_small
 
@@ -111,22 +125,23 @@ class TruncatedSVD(AbstractSpectralSolver):
 
         keep = ~drop
         v_keep = jnp.where(keep, 1, 0).astype(v.dtype) * v
-        precond = deflation(schur, v_keep, jnp.where(keep, spec.gaps, 1))
+        precond = deflation(schur, v_keep, jnp.where(keep, schur.eigenvalues(spec.gaps), 1))
 
         def preconditioner(z):
             return restrict(precond(z))
 
-        rhs = restrict(schur.project(rho_small - schur.pt_rmv(rho_big)))
+        rhs = restrict(schur.project(rho_small - root_k * schur.pt_rmv(rho_big)))
         z, stats = conjugate_gradient(
             mv, rhs, rtol=rtol, atol=jnp.maximum(self.atol, schur.rounding_level(r, s)),
             max_steps=self.max_steps,
             preconditioner=preconditioner,
         )
         w_small = z + v @ coeff
-        w_big = rho_big - schur.pt_mv(z) + u @ coeff
+        w_big = rho_big - root_k * schur.pt_mv(z) + u @ coeff
         d_big, d_small = w_big / root_p, w_small / root_q
         df, dg = (d_small, d_big) if schur.swapped else (d_big, d_small)
-        df, dg = project_range(df, dg)
+        if balanced:
+            df, dg = project_range(df, dg)
         num_truncated = jnp.sum(drop)
         stats["num_truncated"] = num_truncated
         stats["num_deflated"] = jnp.sum(keep)
