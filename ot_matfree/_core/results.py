@@ -20,6 +20,14 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
         "`max_iters`, loosen `tol`, increase `epsilon`, or pass `throw=False` and check "
         "`coupling.converged` / `coupling.result` yourself."
     )
+    sinkhorn_precision_floor = (
+        "ot_matfree: Sinkhorn's own error estimate reached `solver.tol`, but the marginals "
+        "summed directly do not, also after iterating on to a lower target: `tol` is below "
+        "what this dtype resolves for this problem (about its unit roundoff times "
+        "(|f| + |g| + |C|) / epsilon per unit of mass; float32 only). Loosen `tol`, "
+        "increase `epsilon`, solve in float64, or pass `throw=False` and check "
+        "`coupling.marginal_error` yourself."
+    )
     sinkhorn_nonfinite = (
         "ot_matfree: Sinkhorn (or L-BFGS) produced non-finite potentials (a NaN marginal "
         "error), so it stopped at once. Check the cost for NaN or overflow at the given points "

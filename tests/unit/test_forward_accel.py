@@ -125,7 +125,8 @@ def test_float32(name):
     x, y, a, b = problem(6, 200, 150, 3)
     c64 = om.solve(x, y, a, b, epsilon=0.05, solver=om.Sinkhorn(tol=1e-10))
     x32, y32, a32, b32 = (v.astype(jnp.float32) for v in (x, y, a, b))
-    c32 = om.solve(x32, y32, a32, b32, epsilon=0.05, solver=om.Sinkhorn(tol=1e-5, **VARIANTS[name]))
+    # tol 2e-5: float32 resolves about 1.1e-5 here (test_forward_sinkhorn.py).
+    c32 = om.solve(x32, y32, a32, b32, epsilon=0.05, solver=om.Sinkhorn(tol=2e-5, **VARIANTS[name]))
     assert c32.f.dtype == jnp.float32 and c32.marginal_error.dtype == jnp.float32
     assert bool(c32.converged)
     np.testing.assert_allclose(c32.reg_ot_cost, c64.reg_ot_cost, rtol=1e-5)

@@ -88,7 +88,9 @@ def test_float32_solve_is_finite_and_close():
     x, y, a, b = problem(6, 200, 150, 3)
     c64 = om.solve(x, y, a, b, epsilon=0.05, solver=om.Sinkhorn(tol=1e-10))
     x32, y32, a32, b32 = (v.astype(jnp.float32) for v in (x, y, a, b))
-    c32 = om.solve(x32, y32, a32, b32, epsilon=0.05, solver=om.Sinkhorn(tol=1e-5))
+    # tol 2e-5: these float32 potentials resolve the marginals to about 1.1e-5
+    # (measured in float64); 0.3's claim of 1e-5 was the loop's own estimate.
+    c32 = om.solve(x32, y32, a32, b32, epsilon=0.05, solver=om.Sinkhorn(tol=2e-5))
     assert c32.f.dtype == jnp.float32
     assert bool(c32.converged)
     np.testing.assert_allclose(c32.reg_ot_cost, c64.reg_ot_cost, rtol=1e-5)

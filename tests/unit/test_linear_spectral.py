@@ -175,8 +175,9 @@ def test_truncated_svd_nonuniform_matches_normalised_dense(gaussian):
                                     om.TruncatedSVD(rank=5, threshold=1e-4)])
 def test_float32_finite(solver):
     x, y, a, b = problem(0, 60, 40, 2, dtype=jnp.float32)
-    # float32 Sinkhorn stagnates at a marginal error of 1.6e-6 here: tol 1e-5.
-    coupling = om.solve(x, y, a, b, epsilon=0.01, solver=om.Sinkhorn(tol=1e-5))
+    # float32 potentials resolve the marginals to about 3.2e-5 here (measured
+    # in float64; the loop's own estimate stagnates near 1e-6): tol 1e-4.
+    coupling = om.solve(x, y, a, b, epsilon=0.01, solver=om.Sinkhorn(tol=1e-4))
     v = jax.random.normal(jax.random.PRNGKey(1), x.shape, jnp.float32)
     out = om.hvp_x(coupling, v, linear_solver=solver)
     assert out.dtype == jnp.float32
