@@ -45,6 +45,13 @@ class RESULTS(lx.RESULTS):  # pyright: ignore
         "the `tol` entry of `Sinkhorn`), or the problem is badly scaled. Loosen `tol`, use "
         "float64, or pass `throw=False` and check `coupling.result`."
     )
+    lbfgs_precision_floor = (
+        "ot_matfree: L-BFGS's own error estimate reached `solver.tol`, but the marginals "
+        "summed directly do not, also after iterating on to a lower target: `tol` is below "
+        "what this dtype resolves for this problem (float32 only). Loosen `tol`, increase "
+        "`epsilon`, solve in float64, or pass `throw=False` and check "
+        "`coupling.marginal_error` yourself."
+    )
     coupling_not_converged = (
         "ot_matfree: the coupling passed in did not converge (its Sinkhorn solve stopped at "
         "`max_iters`), so its derivatives are not those of the OT problem. Solve it to "

@@ -28,7 +28,7 @@ from .._core.relaxation import check_tau
 from .._core.scale import check_relative, scale_problem
 from .._core.results import RESULTS
 from .._core.sharding import RowSharding, auto_partitioned, check_split_like_clouds, row_sharding
-from .._stream.engine import marginals
+from .confirm import confirm, needs_confirmation
 from .dual import DualProblem
 from .lbfgs import LBFGS, lbfgs_phase
 from .newton import NEWTON_MIN_BUDGET, newton_phase
@@ -337,79 +337,24 @@ def continue_phase(problem: DualProblem, solver: Sinkhorn, state: SinkhornState,
                          limit, lambda it, err: report_progress(solver, it, err))
 
 
-#: A float32 loop's own error estimate that fooled the check is followed by
-#: a target this much lower (at least), until a direct pass confirms `tol`.
-VERIFY_TIGHTEN = 0.5
-#: Direct checks after which a float32 solve that still misses `tol` stops
-#: (`RESULTS.sinkhorn_precision_floor`): its target is then 8x or more below
-#: `tol`, so the dtype's floor, not the iteration, is what stops it.
-VERIFY_ROUNDS = 4
-
-
-def direct_error(problem: DualProblem, f, g) -> Float[Array, ""]:
-    """The marginal error of `(f, g)` from its marginals, summed in one pass
-    (`P 1`, `P^T 1` themselves, not the iteration's `f - T_f(g)` estimate).
-
-    In float64 when `jax_enable_x64` is on (exact for float32 potentials: the
-    error they have), else in the problem's dtype, which measured 1.2x to
-    1.6x the float64 value on the review's cases (conservative there, not
-    guaranteed to be). Returned in the problem's dtype."""
-    dtype = f.dtype
-    if jax.config.jax_enable_x64 and jnp.finfo(dtype).bits < 64:
-        wide = lambda z: z.astype(jnp.float64) if eqx.is_inexact_array(z) else z
-        problem, f, g = jax.tree_util.tree_map(wide, (problem, f, g))
-    row, col = marginals(problem.coupling(f, g))
-    eps = problem.epsilon
-    err = (jnp.sum(jnp.abs(row - problem.row_target(f, eps)))
-           + jnp.sum(jnp.abs(col - problem.column_target(g, eps))))
-    return err.astype(dtype)
-
-
 def verified_phase(problem: DualProblem, solver: Sinkhorn, f, g):
-    """`sinkhorn_phase` and `at_target` for float32, where the iteration's own
-    error estimate can sit below the error of its potentials (issue 21,
-    defect 12: 9.6e-6 reported, 4.5e-5 in float64).
-
-    When the loop stops at `tol`, a direct pass (`direct_error`) measures the
-    marginals. If they miss `tol`, the loop goes on to a lower target
-    (`VERIFY_TIGHTEN`) for at most as many iterations as it took to get
-    there, and is checked again, up to `VERIFY_ROUNDS` checks or
-    `max_iters`. The potentials with the smallest direct error are kept (at
-    the floor, iterating on with momentum can make them worse).
-
-    **Returns:** `(it, f, g, f_hat, err, passes, floor)`: `err` the larger of
-    the kept potentials' two measures, `floor` whether the estimate met its
-    target and the direct error did not (`RESULTS.sinkhorn_precision_floor`).
-    """
+    """`sinkhorn_phase` and `at_target` with the claim confirmed
+    (`confirm.confirm`, for float32). **Returns:** `(it, f, g, f_hat, err,
+    passes, floor)`."""
     state = sinkhorn_phase(problem, solver, f, g)
-    f, g, f_hat, err, passes = at_target(problem, solver, state)
-    direct = direct_error(problem, f, g)
-    tol = jnp.asarray(solver.tol, err.dtype)
-    budget = jnp.maximum(state.it, 1)
-    best = (f, g, f_hat, err, direct)
 
-    def cond(carry):
-        state, _, _, checks, target, met, best = carry
-        return ((best[4] > tol) & met & (state.it < solver.max_iters)
-                & (checks < VERIFY_ROUNDS))
+    def read(state):
+        f, g, f_hat, err, _ = at_target(problem, solver, state)
+        return f, g, f_hat, err
 
-    def body(carry):
-        state, passes, direct, checks, target, _, best = carry
-        target = target * jnp.minimum(VERIFY_TIGHTEN, tol / direct)
-        limit = jnp.minimum(state.it + budget, solver.max_iters)
-        state = continue_phase(problem, solver, state, target, limit)
-        f, g, f_hat, err, passes = at_target(problem, solver, state)
-        direct = direct_error(problem, f, g)
-        better = direct < best[4]
-        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old),
-                                      (f, g, f_hat, err, direct), best)
-        return state, passes, direct, checks + 1, target, err <= target, best
-
-    carry = (state, passes, direct, jnp.asarray(1), tol, err <= tol, best)
-    state, passes, _, checks, _, _, best = jax.lax.while_loop(cond, body, carry)
-    f, g, f_hat, err, direct = best
-    floor = (direct > tol) & (err <= tol)
-    return state.it, f, g, f_hat, jnp.maximum(err, direct), passes + checks, floor
+    state, checks, f, g, f_hat, err, floor = confirm(
+        problem, state, tol=solver.tol, max_iters=solver.max_iters,
+        run=lambda state, target, limit: continue_phase(problem, solver, state, target, limit),
+        read=read, iterations=lambda state: state.it,
+    )
+    # Passes of the last state (`at_target`'s count) and the direct checks.
+    passes = 2 * state.it + jnp.where(state.at_target, 0, 2)
+    return state.it, f, g, f_hat, err, passes + checks, floor
 
 
 def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
@@ -484,7 +429,7 @@ def _sinkhorn_solution(problem: DualProblem, solver: Sinkhorn, f_init, g_init, c
     """The Sinkhorn loop, its last coupling at the target, Newton steps if
     asked: `(f, g, row sums, err, iterations, passes, result)`."""
     floor = jnp.asarray(False)
-    if jnp.finfo(problem.x.dtype).bits < 64 and solver.newton is None:
+    if needs_confirmation(problem) and solver.newton is None:
         # Newton steps measure with a pass of their own already.
         it, f, g, f_hat, err, passes, floor = verified_phase(problem, solver, f_init, g_init)
     else:

@@ -275,9 +275,6 @@ def float64_marginal_error(c):
     return np.abs(p.sum(1) - a).sum() + np.abs(p.sum(0) - b).sum()
 
 
-OPEN_12 = pytest.mark.xfail(strict=True, reason="issue 21 defect 12, open")
-
-
 def test_review_float32_claim_at_epsilon_0_05():
     # 0.3.0 reported 9.6e-6 <= tol; the same potentials in float64: 4.5e-5.
     rng = np.random.default_rng(0)
@@ -290,13 +287,12 @@ def test_review_float32_claim_at_epsilon_0_05():
 
 
 # (Newton steps measure the error with a pass of their own: their claims hold.
-# L-BFGS measures in its own pass too, but from the row potential it has just
-# computed in float32 within the block: 2.2e-5 in float64 where it claims 1e-5.)
-# Sinkhorn in float32 confirms a claim with a direct marginals pass and goes
-# on when it fails (`sinkhorn.verified_phase`); L-BFGS does not yet.
+# L-BFGS's own measure, from the row potential it has just computed in
+# float32, claimed 1e-5 where float64 gives 2.2e-5 before the confirmation.)
+# In float32 every forward solver confirms a claim with a direct marginals
+# pass and goes on when it fails (`_forward/confirm.py`).
 @pytest.mark.parametrize("options", [{}, dict(momentum=None), dict(anderson=5),
-                                     dict(newton=0.1), dict(epsilon_scaling=0.5),
-                                     pytest.param("lbfgs", marks=OPEN_12)],
+                                     dict(newton=0.1), dict(epsilon_scaling=0.5), "lbfgs"],
                          ids=["adaptive", "plain", "anderson", "newton", "scaling", "lbfgs"])
 def test_float32_convergence_claims_hold_in_float64(options):
     rng = np.random.default_rng(1)
@@ -318,6 +314,31 @@ def test_float32_convergence_claims_hold_in_float64(options):
         else:
             assert c.result in (om.RESULTS.sinkhorn_max_iters_reached,
                                 om.RESULTS.sinkhorn_precision_floor,
+                                om.RESULTS.lbfgs_precision_floor,
                                 om.RESULTS.lbfgs_max_iters_reached,
                                 om.RESULTS.lbfgs_line_search_failed), eps
     assert claims >= 2
+
+
+def test_float32_self_term_claims_hold_in_float64():
+    """The divergence's symmetric self-term solve in float32 confirms its
+    claims too (defect 12): every converged solve has a float64 marginal
+    error <= tol, and the others report a failure status."""
+    from ot_matfree._forward.symmetric import solve_symmetric
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(size=(60, 2)) * 4, jnp.float32)
+    claims = 0
+    for eps in [0.005, 0.1, 1.0]:
+        c = solve_symmetric(x, epsilon=eps, solver=om.Sinkhorn(tol=1e-5), throw=False)
+        f, xs, a = (np.asarray(z, np.float64) for z in (c.f, c.x, c.a))
+        cost = ((xs[:, None] - xs[None]) ** 2).sum(-1)
+        truth = 2 * np.abs(np.exp((f[:, None] + f[None] - cost) / eps).sum(1) - a).sum()
+        if bool(c.converged):
+            claims += 1
+            assert truth <= 1e-5, eps
+        else:
+            assert c.result in (om.RESULTS.sinkhorn_precision_floor,
+                                om.RESULTS.sinkhorn_max_iters_reached), eps
+    assert claims >= 2
+
