@@ -48,7 +48,9 @@ def test_weight_sums_one_rule_for_both_dtypes(clouds32):
     # float32 weights off by 1e-5 (within sqrt(eps32)) are renormalised: 0.1
     # accepted them and ran 10,000 iterations to converged=False.
     a = jnp.full((12,), (1 + 1e-5) / 12, jnp.float32)
-    coupling = om.solve(x, y, a, epsilon=0.5, solver=om.Sinkhorn(tol=1e-6))
+    # (tol 2e-6: these float32 potentials resolve the marginals to 1.1e-6 in
+    # float64, so a claim of 1e-6 would not be confirmed; issue 21 defect 12.)
+    coupling = om.solve(x, y, a, epsilon=0.5, solver=om.Sinkhorn(tol=2e-6))
     assert bool(coupling.converged) and int(coupling.num_iters) < 1000
     assert abs(float(jnp.sum(coupling.a)) - 1) < 1e-6
     # float32-normalised weights with float64 points (sum off by ~5e-8): 0.1

@@ -88,22 +88,28 @@ def test_gradient_and_hvp(tau):
     assert rel_err(hv, fd) < 1e-6
 
 
-def test_cost_matrix_and_divergence():
+def test_cost_matrix():
     """`matrix.ot_cost(C, relative_epsilon="mean")` equals the cloud loss at
     `C = c(x, y)` (1e-12), its gradient in `C` central differences of the oracle
-    with epsilon `REL x mean(C)` (1e-7); `matrix.sinkhorn_divergence` with one
-    scale, `mean(C_xy)`, equals the cloud divergence, value and gradient in `x`
-    through the matrices (1e-10)."""
+    with epsilon `REL x mean(C)` (1e-7)."""
     x, y, a, b = clouds(4, 1.0)
-    cost = om.SqEuclidean()
     kw = {"epsilon": REL, "relative_epsilon": "mean", "solver": SOLVER, "linear_solver": LINEAR}
-    C = cost.matrix(x, y)
+    C = om.SqEuclidean().matrix(x, y)
     value, grad_C = jax.value_and_grad(lambda C: om.matrix.ot_cost(C, a, b, **kw))(C)
     assert rel_err(value, om.ot_cost(x, y, a, b, **kw)) < 1e-12
     dC = np.asarray(jax.random.normal(jax.random.PRNGKey(5), C.shape))
     fd = dense.central_difference(
         lambda Z: dense.matrix_ot_cost(Z, a, b, REL * float(np.mean(Z))), np.asarray(C), dC)
     assert abs(float(jnp.vdot(grad_C, dC)) - fd) < 1e-7 * abs(fd)
+
+
+@pytest.mark.slow  # 9 s (CI time); test_cost_matrix covers the matrices' scale
+def test_divergence_matrix_equals_clouds():
+    """`matrix.sinkhorn_divergence` with one scale, `mean(C_xy)`, equals the
+    cloud divergence, value and gradient in `x` through the matrices (1e-10)."""
+    x, y, a, b = clouds(4, 1.0)
+    cost = om.SqEuclidean()
+    kw = {"epsilon": REL, "relative_epsilon": "mean", "solver": SOLVER, "linear_solver": LINEAR}
     div = lambda x: om.sinkhorn_divergence(x, y, a, b, **kw)
     mat = lambda x: om.matrix.sinkhorn_divergence(
         cost.matrix(x, y), cost.matrix(x, x), cost.matrix(y, y), a, b, **kw)
