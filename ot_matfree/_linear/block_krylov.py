@@ -254,7 +254,11 @@ def spectrum(
     `v` (smaller side) and `u` (larger side), Ritz `residuals`, and the
     properties `smallest_eigenvalue` (`1 - s_2`, normalised H) and
     `condition_number` (`2 / (1 - s_2)`, normalised H on the complement of
-    its null vector).
+    its null vector). For an unbalanced coupling the spectrum is the same
+    (that of `Pt`, which `tau` does not change); its H-matrix's normalised
+    Schur complement then has eigenvalues `1 - tau_a tau_b s^2`, at least
+    `1 - tau_a tau_b` (docs/unbalanced.md), so these properties describe the
+    balanced problem's conditioning, an upper bound.
     """
     if oversample < 0:
         raise ValueError(f"`oversample` must be >= 0, got {oversample}.")
