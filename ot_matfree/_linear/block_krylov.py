@@ -255,10 +255,11 @@ def spectrum(
     properties `smallest_eigenvalue` (`1 - s_2`, normalised H) and
     `condition_number` (`2 / (1 - s_2)`, normalised H on the complement of
     its null vector). For an unbalanced coupling the spectrum is the same
-    (that of `Pt`, which `tau` does not change); its H-matrix's normalised
-    Schur complement then has eigenvalues `1 - tau_a tau_b s^2`, at least
-    `1 - tau_a tau_b` (docs/unbalanced.md), so these properties describe the
-    balanced problem's conditioning, an upper bound.
+    (that of `Pt`, which `tau` does not change), and these two properties
+    describe the balanced H-matrix; the unbalanced one's normalised Schur
+    complement has eigenvalues `1 - tau_a tau_b s^2` in `[1 - tau_a tau_b, 1]`
+    (`s_1 = 1` included), so its condition number is at most
+    `1 / (1 - tau_a tau_b)` (docs/unbalanced.md).
     """
     if oversample < 0:
         raise ValueError(f"`oversample` must be >= 0, got {oversample}.")
