@@ -303,20 +303,7 @@ class NewtonCG(optx.AbstractMinimiser):
         )
         result = optx.RESULTS.where(finite_value, result, optx.RESULTS.nonlinear_divergence)
         num_accepted = state.num_accepted_steps + jnp.where(accept, 1, 0)
-        grad_norm = jnp.sqrt(tree_dot(grad, grad))
-        self.verbose(
-            loss=("Loss on this step", f_eval),
-            loss_last_accepted_step=("Loss on the last accepted step", f_info.f),
-            step_size=("Step size", step_size),
-            grad_norm=("Gradient norm", grad_norm),
-            cg_steps=("CG steps (total)", descent_state.num_cg_steps),
-        )
-        if self.progress is not None:
-            info = dict(
-                step=num_accepted, loss=f_eval, grad_norm=grad_norm, step_size=step_size,
-                num_newton_steps=descent_state.num_queries, num_hvps=descent_state.num_hvps,
-            )
-            jax.debug.callback(self.progress, info)
+        self._report(f_eval, f_info, step_size, grad, descent_state, num_accepted)
         prev_aux = tree_where(state.first_step, aux, state.aux)
         new_state = NewtonCGState(
             first_step=jnp.array(False),
@@ -331,6 +318,23 @@ class NewtonCG(optx.AbstractMinimiser):
             num_evaluations=state.num_evaluations + 1,
         )
         return y, new_state, prev_aux
+
+    def _report(self, f_eval, f_info, step_size, grad, descent_state, num_accepted):
+        """`verbose` and `progress` after a step."""
+        grad_norm = jnp.sqrt(tree_dot(grad, grad))
+        self.verbose(
+            loss=("Loss on this step", f_eval),
+            loss_last_accepted_step=("Loss on the last accepted step", f_info.f),
+            step_size=("Step size", step_size),
+            grad_norm=("Gradient norm", grad_norm),
+            cg_steps=("CG steps (total)", descent_state.num_cg_steps),
+        )
+        if self.progress is not None:
+            info = dict(
+                step=num_accepted, loss=f_eval, grad_norm=grad_norm, step_size=step_size,
+                num_newton_steps=descent_state.num_queries, num_hvps=descent_state.num_hvps,
+            )
+            jax.debug.callback(self.progress, info)
 
     def terminate(self, fn, y, args, options, state: NewtonCGState, tags):
         return state.terminate, state.result

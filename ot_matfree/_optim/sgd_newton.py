@@ -27,6 +27,24 @@ def _check(fn, params, source, args, key, lanczos_steps):
 
 
 @eqx.filter_jit
+def _check_arguments(source, params0, batch_size, max_sgd_steps, check_every, newton) -> int:
+    """`sgd_newton`'s argument checks; **returns** the number of samples `n`."""
+    leaves = jax.tree.leaves(source)
+    if not leaves:
+        raise ValueError("`source` must contain at least one array.")
+    n = leaves[0].shape[0]
+    if any(leaf.shape[:1] != (n,) for leaf in leaves):
+        raise ValueError("every array in `source` must have the same leading (sample) axis.")
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"`batch_size` must be in [1, {n}], got {batch_size}.")
+    if max_sgd_steps < 0 or check_every < 1:
+        raise ValueError("`max_sgd_steps` must be >= 0 and `check_every` >= 1.")
+    if not isinstance(newton, NewtonCG):
+        raise TypeError(f"`newton` must be an ot_matfree.NewtonCG, got {type(newton).__name__}.")
+    check_one_dtype(params0, "sgd_newton")
+    return n
+
+
 def sgd_newton(
     fn: Callable[[PyTree[Array], PyTree[Array], Any], Array],
     params0: PyTree[Array],
@@ -98,19 +116,7 @@ def sgd_newton(
     `successful` after an indefinite start: the point it returns is where
     its probe saw no clearly negative curvature.
     """
-    leaves = jax.tree.leaves(source)
-    if not leaves:
-        raise ValueError("`source` must contain at least one array.")
-    n = leaves[0].shape[0]
-    if any(leaf.shape[:1] != (n,) for leaf in leaves):
-        raise ValueError("every array in `source` must have the same leading (sample) axis.")
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"`batch_size` must be in [1, {n}], got {batch_size}.")
-    if max_sgd_steps < 0 or check_every < 1:
-        raise ValueError("`max_sgd_steps` must be >= 0 and `check_every` >= 1.")
-    if not isinstance(newton, NewtonCG):
-        raise TypeError(f"`newton` must be an ot_matfree.NewtonCG, got {type(newton).__name__}.")
-    check_one_dtype(params0, "sgd_newton")
+    n = _check_arguments(source, params0, batch_size, max_sgd_steps, check_every, newton)
     dtype = jnp.result_type(*jax.tree.leaves(params0))
     grad = jax.grad(fn)
 

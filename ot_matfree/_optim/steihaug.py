@@ -95,6 +95,50 @@ def saddle_threshold(dtype) -> float:
     return float(jnp.finfo(dtype).eps) ** 0.25
 
 
+def _lanczos_step(j, w_flat, lz, k: int):
+    """One step of the curvature probe's Lanczos recursion (full
+    reorthogonalisation) given `w_flat = H q_j`: the next basis vector,
+    `alpha_j`, `beta_j`, and whether the recursion goes on."""
+    basis, alphas, betas, scale, active, finite = lz
+    tiny = jnp.sqrt(jnp.finfo(w_flat.dtype).eps)
+    finite = finite & jnp.all(jnp.isfinite(w_flat))
+    alpha = jnp.vdot(basis[j], w_flat)
+    w = w_flat
+    for _ in range(2):  # full reorthogonalisation, twice (Kahan's rule)
+        w = w - basis.T @ (basis @ w)
+    beta = jnp.linalg.norm(w)
+    scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+    alphas = alphas.at[j].set(jnp.where(active, alpha, jnp.nan))
+    # An invariant Krylov space (beta ~ 0) ends the recursion.
+    keep = active & (beta > tiny * scale) & (j + 1 < k)
+    betas = betas.at[j].set(jnp.where(keep, beta, 0))
+    basis = basis.at[j + 1].set(jnp.where(keep, w / jnp.where(keep, beta, 1), 0))
+    return basis, alphas, betas, scale, keep & finite, finite
+
+
+def _escape(lz, k: int, flat_g, probe, y_norm, min_decrease):
+    """From the probe's Lanczos state: `(saddle, step, finite)`, whether it
+    found negative curvature worth a step (`_steihaug_or_probe`), and that
+    step (flat): the Ritz vector of the smallest Ritz value, of length
+    `max(y_norm, 1)`, with the sign that does not ascend along `flat_g`."""
+    basis, alphas, betas, _, _, finite = lz
+    dtype = flat_g.dtype
+    # Steps after a breakdown are decoupled (beta = 0); give them a
+    # diagonal no smaller than an active Ritz value (as `min_hessian_eigenvalue`).
+    filled = jnp.where(jnp.isnan(alphas), jnp.nanmax(alphas), alphas)
+    filled = jnp.where(finite, filled, 0)
+    tridiag = jnp.diag(filled) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    theta, vecs = jnp.linalg.eigh(tridiag)
+    scale = jnp.max(jnp.abs(theta))
+    length = jnp.maximum(y_norm, 1).astype(dtype)
+    saddle = probe & finite & (theta[0] < -saddle_threshold(dtype) * scale)
+    saddle = saddle & (-theta[0] * length**2 / 2 > min_decrease)
+    u = basis[:k].T @ vecs[:, 0]
+    u = u / jnp.where(saddle, jnp.linalg.norm(u), 1)
+    sign = jnp.where(jnp.vdot(flat_g, u) > 0, -1, 1).astype(dtype)
+    return saddle, sign * length * u, finite
+
+
 def _steihaug_or_probe(hvp, grad, eta, max_steps: int, probe=None, probe_steps: int = 0,
                        key=None, y_norm=None, min_decrease=0.0):
     """Steihaug CG for `H p = -grad`, or (where `probe` is true) a curvature probe.
@@ -135,26 +179,8 @@ def _steihaug_or_probe(hvp, grad, eta, max_steps: int, probe=None, probe_steps: 
         k = min(probe_steps, size)
         q0 = jax.random.normal(key, (size,), dtype)
         basis = jnp.zeros((k + 1, size), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
-        tiny = jnp.sqrt(jnp.finfo(dtype).eps)
         lz_init = (basis, jnp.full(k, jnp.nan, dtype), jnp.zeros(k, dtype),
                    jnp.zeros((), dtype), jnp.array(True), jnp.array(True))
-
-        def lz_body(j, w_flat, lz):
-            basis, alphas, betas, scale, active, finite = lz
-            finite = finite & jnp.all(jnp.isfinite(w_flat))
-            q = basis[j]
-            alpha = jnp.vdot(q, w_flat)
-            w = w_flat
-            for _ in range(2):  # full reorthogonalisation, twice (Kahan's rule)
-                w = w - basis.T @ (basis @ w)
-            beta = jnp.linalg.norm(w)
-            scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-            alphas = alphas.at[j].set(jnp.where(active, alpha, jnp.nan))
-            # An invariant Krylov space (beta ~ 0) ends the recursion.
-            keep = active & (beta > tiny * scale) & (j + 1 < k)
-            betas = betas.at[j].set(jnp.where(keep, beta, 0))
-            basis = basis.at[j + 1].set(jnp.where(keep, w / jnp.where(keep, beta, 1), 0))
-            return basis, alphas, betas, scale, keep & finite, finite
 
         def cond(carry):
             cg, lz = carry
@@ -166,7 +192,7 @@ def _steihaug_or_probe(hvp, grad, eta, max_steps: int, probe=None, probe_steps: 
             v = tree_where(probe, unravel(lz[0][jnp.minimum(j, k)]), cg[3])
             hv = hvp(v)
             cg_next = _cg_body(hv, cg)
-            lz_next = lz_body(jnp.minimum(j, k - 1), ravel_pytree(hv)[0], lz)
+            lz_next = _lanczos_step(jnp.minimum(j, k - 1), ravel_pytree(hv)[0], lz, k)
             # A probe step only counts the product; a CG step leaves the probe alone.
             probed = cg[:6] + (cg[6] + 1,) + cg[7:]
             probed = (j + 1,) + probed[1:]
@@ -175,21 +201,8 @@ def _steihaug_or_probe(hvp, grad, eta, max_steps: int, probe=None, probe_steps: 
             return cg, lz
 
         cg, lz = jax.lax.while_loop(cond, body, (cg_init, lz_init))
-        basis, alphas, betas, _, _, finite_probe = lz
-        # Steps after a breakdown are decoupled (beta = 0); give them a
-        # diagonal no smaller than an active Ritz value (as `min_hessian_eigenvalue`).
-        filled = jnp.where(jnp.isnan(alphas), jnp.nanmax(alphas), alphas)
-        filled = jnp.where(finite_probe, filled, 0)
-        tridiag = jnp.diag(filled) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-        theta, vecs = jnp.linalg.eigh(tridiag)
-        scale = jnp.max(jnp.abs(theta))
-        length = jnp.maximum(y_norm, 1).astype(dtype)
-        saddle = probe & finite_probe & (theta[0] < -saddle_threshold(dtype) * scale)
-        saddle = saddle & (-theta[0] * length**2 / 2 > min_decrease)
-        u = basis[:k].T @ vecs[:, 0]
-        u = u / jnp.where(saddle, jnp.linalg.norm(u), 1)
-        sign = jnp.where(jnp.vdot(flat_g, u) > 0, -1, 1).astype(dtype)
-        escape = unravel(sign * length * u)
+        saddle, u, finite_probe = _escape(lz, k, flat_g, probe, y_norm, min_decrease)
+        escape = unravel(u)
         cg = cg[:9] + (jnp.where(probe, finite_probe, cg[9]),)
     _, z, _, _, _, _, hvps, steps, negative, finite = cg
     # Zero curvature before any step: fall back to steepest descent.
