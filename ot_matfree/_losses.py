@@ -32,6 +32,7 @@ from ._core.checks import (
 )
 from ._core.costs import AbstractCost, MatrixCost, SqEuclidean, as_cost, column_ids
 from ._core.coupling import BlockSize, Coupling
+from ._core.relaxation import is_balanced
 from ._core.scale import check_relative, scale_problem
 from ._core.sharding import auto_partitioned, row_sharding
 from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp, weight_factors
@@ -157,12 +158,10 @@ def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
     pc_rows, pc_cols = cost_marginals(coupling)
     u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
     gx, gy = check_finite(sharp_gradients(coupling, u, v), coupling, config.throw)
-    ga, gb = u, v
-    if not coupling.balanced:
-        # A weight tangent enters the H-system as `eps (s / tau) da` (`weight_rhs`).
-        factor_a, factor_b = weight_factors(coupling)
-        ga, gb = factor_a * u, factor_b * v
-    return jnp.sum(pc_rows), (gx, gy, ga, gb), (coupling.f, coupling.g)
+    # A weight tangent enters the H-system as `eps (s / tau) da` (`weight_rhs`;
+    # the factors are 1 when balanced).
+    factor_a, factor_b = weight_factors(coupling)
+    return jnp.sum(pc_rows), (gx, gy, factor_a * u, factor_b * v), (coupling.f, coupling.g)
 
 
 def _sharp_value_only(x, y, a, b, epsilon, *, config: Config):
@@ -243,7 +242,7 @@ def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_
                   throw, init, return_potentials, tau_a, tau_b, relative):
     # `None` weights become uniform constants: never differentiated.
     cost = as_cost(cost)
-    balanced = tau_a == 1.0 and tau_b == 1.0
+    balanced = is_balanced(tau_a, tau_b)
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, cost, balanced=balanced)
     if relative:
         # `OT_{s m}(C) = m OT_s(C / m)` (`_core/scale.py`): JAX differentiates `m`.
@@ -260,7 +259,7 @@ def _evaluate_jit(loss, x, y, a, b, epsilon, cost, solver, linear_solver, block_
 def _config(cost, solver, linear_solver, block_size, sharding, throw, init=None, tau_a=1.0,
             tau_b=1.0) -> Config:
     """The losses' `Config`, its solvers checked."""
-    check_forward_solver(solver, tau_a == 1.0 and tau_b == 1.0)
+    check_forward_solver(solver, is_balanced(tau_a, tau_b))
     check_linear_solver(linear_solver)
     return Config(
         cost, solver, linear_solver, block_size, sharding, throw, jax.lax.stop_gradient(init),

@@ -13,6 +13,7 @@ import jax
 from jaxtyping import Array, Bool, Float, Int
 
 from .costs import AbstractCost
+from .relaxation import is_balanced
 from .results import RESULTS
 from .sharding import RowSharding
 
@@ -155,7 +156,7 @@ class Coupling(eqx.Module):
     @property
     def balanced(self) -> bool:
         """Both marginals are hard constraints (`tau_a = tau_b = 1`)."""
-        return self.tau_a == 1.0 and self.tau_b == 1.0
+        return is_balanced(self.tau_a, self.tau_b)
 
     @property
     def shape(self) -> tuple[int, int]:

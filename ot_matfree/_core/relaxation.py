@@ -39,6 +39,19 @@ def check_tau(name: str, tau) -> float:
     return tau
 
 
+def is_balanced(tau_a: float, tau_b: float) -> bool:
+    """Both marginals are hard constraints (`tau_a = tau_b = 1`)."""
+    return tau_a == 1.0 and tau_b == 1.0
+
+
+def mass_ratio(reduced, epsilon, tau: float):
+    """`exp(-h / rho)`, the optimal marginal per unit weight for the reduced
+    potential `h` (the scalar 1 at `tau = 1`)."""
+    if tau == 1.0:
+        return 1.0
+    return jnp.exp(-reduced * inverse_rho(epsilon, tau))
+
+
 def inverse_rho(epsilon, tau: float):
     """`1 / rho = (1 - tau) / (epsilon tau)` (0 for `tau = 1`)."""
     return (1 - tau) / (tau * epsilon)
@@ -49,7 +62,7 @@ def target(weights, reduced, epsilon, tau: float):
     (`w` itself at `tau = 1`)."""
     if tau == 1.0:
         return weights
-    return weights * jnp.exp(-reduced * inverse_rho(epsilon, tau))
+    return weights * mass_ratio(reduced, epsilon, tau)
 
 
 def conjugate(reduced, epsilon, tau: float):

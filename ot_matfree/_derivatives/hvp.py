@@ -20,7 +20,7 @@ from jaxtyping import Array, Float
 
 from .._core.checks import check_tangent, error_if, error_if_failed
 from .._core.coupling import Coupling, upstream_status
-from .._core.relaxation import conjugate, target
+from .._core.relaxation import conjugate, mass_ratio
 from .._linear.operators import HOperator, h_operator
 from .._stream.pair import gradients, schur_rhs, tangent_gradients
 from .._core.results import RESULTS
@@ -90,14 +90,13 @@ def weight_gradients(coupling: Coupling):
 
 def weight_factors(coupling: Coupling, divide: bool = True):
     """`(s_a / tau_a, s_b / tau_b)`, `s_a = (P 1)_i / a_i = exp(-h_f / rho_a)` at the
-    optimum (`s = 1` and `tau = 1` on a balanced side): a weight tangent `da`
-    enters the H-system as `eps (s_a / tau_a) da` (docs/unbalanced.md). Without
-    `divide`, `(s_a, s_b)`."""
+    optimum (the scalar 1 on a side with `tau = 1`, so on a balanced coupling
+    `(1, 1)`): a weight tangent `da` enters the H-system as `eps (s_a / tau_a) da`
+    (docs/unbalanced.md). Without `divide`, `(s_a, s_b)`."""
     h_f, h_g = _reduced(coupling)
     eps = coupling.epsilon
-    one_a, one_b = jnp.ones_like(h_f), jnp.ones_like(h_g)
-    s_a = target(one_a, h_f, eps, coupling.tau_a)
-    s_b = target(one_b, h_g, eps, coupling.tau_b)
+    s_a = mass_ratio(h_f, eps, coupling.tau_a)
+    s_b = mass_ratio(h_g, eps, coupling.tau_b)
     if not divide:
         return s_a, s_b
     return s_a / coupling.tau_a, s_b / coupling.tau_b
@@ -105,13 +104,10 @@ def weight_factors(coupling: Coupling, divide: bool = True):
 
 def weight_rhs(coupling: Coupling, da, db):
     """The weight tangents' part of the H-system's right-hand side:
-    `(eps da, eps db)` balanced, `eps (s / tau) d` per relaxed side; `None`
-    for a `None` tangent."""
+    `eps (s / tau) d` per side (`eps d` on a side with `tau = 1`); `None` for
+    a `None` tangent."""
     eps = coupling.epsilon
-    if coupling.balanced:
-        factor_a = factor_b = 1.0
-    else:
-        factor_a, factor_b = weight_factors(coupling)
+    factor_a, factor_b = weight_factors(coupling)
     return (None if da is None else eps * factor_a * da,
             None if db is None else eps * factor_b * db)
 

@@ -11,6 +11,7 @@ from jaxtyping import Array
 
 from .._core.costs import AbstractCost
 from .._core.coupling import BlockSize, Coupling
+from .._core.relaxation import is_balanced
 from .._core.sharding import RowSharding
 from .lbfgs import LBFGS
 from .sinkhorn import Sinkhorn, solve_placed
@@ -40,7 +41,7 @@ class Config(eqx.Module):
 
     @property
     def balanced(self) -> bool:
-        return self.tau_a == 1.0 and self.tau_b == 1.0
+        return is_balanced(self.tau_a, self.tau_b)
 
     def coupling(self, x, y, a, b, f, g, epsilon) -> Coupling:
         """The coupling of potentials `f`, `g` (no diagnostics)."""

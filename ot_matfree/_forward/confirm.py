@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from .._stream.engine import marginals
-from .dual import DualProblem
+from .dual import DualProblem, marginal_error
 
 #: Each new target is at least this much below the last (and below the last
 #: direct error times `tol / direct`).
@@ -53,8 +53,7 @@ def direct_error(problem: DualProblem, f, g) -> Float[Array, ""]:
         problem, f, g = jax.tree_util.tree_map(wide, (problem, f, g))
     row, col = marginals(problem.coupling(f, g))
     eps = problem.epsilon
-    err = (jnp.sum(jnp.abs(row - problem.row_target(f, eps)))
-           + jnp.sum(jnp.abs(col - problem.column_target(g, eps))))
+    err = marginal_error(row, col, problem.row_target(f, eps), problem.column_target(g, eps))
     return err.astype(dtype)
 
 

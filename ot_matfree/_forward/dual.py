@@ -42,7 +42,7 @@ from jaxtyping import Array, Float
 
 from .._core.costs import AbstractCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
-from .._core.relaxation import conjugate, target
+from .._core.relaxation import conjugate, is_balanced, target
 from .._core.sharding import RowSharding
 from .._stream.engine import row_logsumexp, stream
 
@@ -110,7 +110,7 @@ class DualProblem(eqx.Module):
 
     @property
     def balanced(self) -> bool:
-        return self.tau_a == 1.0 and self.tau_b == 1.0
+        return is_balanced(self.tau_a, self.tau_b)
 
     def coupling(self, f, g, epsilon=None, **diagnostics) -> Coupling:
         """The `Coupling` of `(f, g)` at `epsilon` (the target by default)."""

@@ -24,7 +24,7 @@ from .._core.checks import (
 )
 from .._core.costs import AbstractCost, SqEuclidean, as_cost, is_matrix
 from .._core.coupling import BlockSize, Coupling
-from .._core.relaxation import check_tau
+from .._core.relaxation import check_tau, is_balanced
 from .._core.scale import check_relative, scale_problem
 from .._core.results import RESULTS
 from .._core.sharding import RowSharding, auto_partitioned, check_split_like_clouds, row_sharding
@@ -249,12 +249,16 @@ def finish(coupling: Coupling, throw: bool) -> Coupling:
     return error_if_failed(coupling, coupling.result)
 
 
-def sinkhorn_status(err, solver: Sinkhorn) -> RESULTS:
+def sinkhorn_status(err, solver: Sinkhorn, floor=False) -> RESULTS:
     """`successful` when the marginal error `err` is `<= solver.tol`;
     `sinkhorn_nonfinite` when it is NaN (non-finite potentials stop the loop
-    at once); else `sinkhorn_max_iters_reached`."""
+    at once); `sinkhorn_precision_floor` when `floor` (a float32 claim the
+    direct pass did not confirm, `confirm.confirm`); else
+    `sinkhorn_max_iters_reached`."""
     failed = RESULTS.where(
-        jnp.isnan(err), RESULTS.sinkhorn_nonfinite, RESULTS.sinkhorn_max_iters_reached
+        jnp.isnan(err), RESULTS.sinkhorn_nonfinite,
+        RESULTS.where(floor, RESULTS.sinkhorn_precision_floor,
+                      RESULTS.sinkhorn_max_iters_reached),
     )
     return RESULTS.where(err <= solver.tol, RESULTS.successful, failed)
 
@@ -352,9 +356,8 @@ def verified_phase(problem: DualProblem, solver: Sinkhorn, f, g):
         run=lambda state, target, limit: continue_phase(problem, solver, state, target, limit),
         read=read, iterations=lambda state: state.it,
     )
-    # Passes of the last state (`at_target`'s count) and the direct checks.
-    passes = 2 * state.it + jnp.where(state.at_target, 0, 2)
-    return state.it, f, g, f_hat, err, passes + checks, floor
+    # The passes up to the last state and the direct checks.
+    return state.it, f, g, f_hat, err, loop_passes(solver, state) + checks, floor
 
 
 def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
@@ -364,7 +367,8 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
     error of its last `f` at the target epsilon, not at `eps_k`: one more
     `g` and `f` update there (two passes).
     """
-    f, g, f_hat, err, passes = state.f_eval, state.g, state.f_hat, state.err_target, 2 * state.it
+    f, g, f_hat, err = state.f_eval, state.g, state.f_hat, state.err_target
+    passes = loop_passes(solver, state)
     if solver.epsilon_scaling is None:
         return f, g, f_hat, err, passes
 
@@ -376,7 +380,15 @@ def at_target(problem: DualProblem, solver: Sinkhorn, state: SinkhornState):
         return f, g, f_hat, problem.row_error(f, f_hat, eps)
 
     f, g, f_hat, err = jax.lax.cond(state.at_target, lambda *args: args, settle, f, g, f_hat, err)
-    return f, g, f_hat, err, passes + jnp.where(state.at_target, 0, 2)
+    return f, g, f_hat, err, passes
+
+
+def loop_passes(solver: Sinkhorn, state: SinkhornState):
+    """The streaming passes of the loop up to `state`, two per iteration, and
+    the two of `at_target`'s settling step when the loop stopped annealing."""
+    if solver.epsilon_scaling is None:
+        return 2 * state.it
+    return 2 * state.it + jnp.where(state.at_target, 0, 2)
 
 
 def newton_or_not(problem: DualProblem, solver: Sinkhorn, f, g, f_hat, err, it, passes):
@@ -439,8 +451,7 @@ def _sinkhorn_solution(problem: DualProblem, solver: Sinkhorn, f_init, g_init, c
     if problem.sharding is not None:
         f, g, f_hat = problem.sharding.place((f, g, f_hat), problem.sharding.rows)
     f, g, row, err, it, passes = newton_or_not(problem, solver, f, g, f_hat, err, it, passes)
-    result = RESULTS.where(floor, RESULTS.sinkhorn_precision_floor, sinkhorn_status(err, solver))
-    return f, g, row, err, it, passes, result
+    return f, g, row, err, it, passes, sinkhorn_status(err, solver, floor)
 
 
 def _lbfgs_solution(problem: DualProblem, solver: LBFGS, f_init, g_init, cold_g):
@@ -537,7 +548,7 @@ def solve_placed(
     """`solve` with the clouds' placement given: the losses read it before their
     `jit`, where an `Auto`-axis placement is still visible (`_core/sharding.py`)."""
     tau_a, tau_b = check_taus(tau_a, tau_b)
-    balanced = tau_a == 1.0 and tau_b == 1.0
+    balanced = is_balanced(tau_a, tau_b)
     relative = check_relative(relative_epsilon, as_cost(cost))
     check_split_like_clouds(sharding, a=a, b=b)
     x, y, a, b, epsilon = check_problem(x, y, a, b, epsilon, as_cost(cost), balanced=balanced)

@@ -21,7 +21,6 @@ from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.relaxation import check_tau
 from .._core.sharding import RowSharding, auto_partitioned
-from .._core.results import RESULTS
 from .confirm import confirm, needs_confirmation
 from .dual import DualProblem
 from .sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_placed
@@ -82,10 +81,9 @@ def _solve_symmetric(
     if sharding is not None:
         f, tf = sharding.place((f, tf), sharding.rows)
     total_mass = jnp.sum(problem.row_sums(f, tf))
-    result = RESULTS.where(floor, RESULTS.sinkhorn_precision_floor, sinkhorn_status(err, solver))
     coupling = problem.coupling(
         f, f, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, f, total_mass),
-        result=result,
+        result=sinkhorn_status(err, solver, floor),
     )
     return finish(coupling, throw)
 

@@ -111,9 +111,10 @@ class NormalisedSchur(eqx.Module):
         return z - jnp.vdot(u, z) * u
 
     @property
-    def _root_diag_q(self) -> Float[Array, " small"]:
-        """`sqrt(q / tau_q)`: the normalisation of the smaller side by H's diagonal."""
-        return jnp.sqrt(self.q / self.tau_q)
+    def root_diagonal(self) -> tuple[Float[Array, " big"], Float[Array, " small"]]:
+        """`(sqrt(p / tau_p), sqrt(q / tau_q))`: the square roots of H's diagonal
+        on the larger and the smaller side, by which `N` is normalised."""
+        return jnp.sqrt(self.p / self.tau_p), jnp.sqrt(self.q / self.tau_q)
 
     def pt_mv(self, z: Float[Array, " small"]) -> Float[Array, " big"]:
         """`Pt z` (one pass)."""
@@ -162,7 +163,7 @@ class NormalisedSchur(eqx.Module):
         moved = self.q_op.T.mv(big / self.p) if moved is None else moved
         if not self.balanced:
             moved = self.tau_p * moved
-        return self.project((small - moved) / self._root_diag_q)
+        return self.project((small - moved) / self.root_diagonal[1])
 
     def rounding_level(self, r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
         """Absolute residual below which the reduced right-hand side is rounding noise.
@@ -185,7 +186,7 @@ class NormalisedSchur(eqx.Module):
         balanced. `image`: `Q (z / sqrt(q / tau_q))` when already computed
         (`mv_and_image`), else one pass."""
         big = s if self.swapped else r
-        d_small = z / self._root_diag_q
+        d_small = z / self.root_diagonal[1]
         image = self.q_op.mv(d_small) if image is None else image
         d_big = self.tau_p * (big - image) / self.p
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)

@@ -97,7 +97,7 @@ class TruncatedSVD(AbstractSpectralSolver):
         # (`root_k = sqrt(kappa)`, 1 when balanced): Hn's eigenvalues are
         # `1 +- sigma_i`, `sigma_i = root_k s_i`, the largest `1 + root_k`.
         root_k = 1.0 if balanced else schur.kappa**0.5
-        root_p, root_q = jnp.sqrt(schur.p / schur.tau_p), jnp.sqrt(schur.q / schur.tau_q)
+        root_p, root_q = schur.root_diagonal
         big, small = (s, r) if schur.swapped else (r, s)
         rho_big, rho_small = big / root_p, small / root_q
 
