@@ -35,7 +35,9 @@ from ._core.coupling import BlockSize, Coupling
 from ._core.relaxation import is_balanced
 from ._core.scale import check_relative, scale_problem
 from ._core.sharding import auto_partitioned, row_sharding
-from ._derivatives.hvp import check_finite, check_linear_solver, grad, hvp, weight_factors
+from ._derivatives.hvp import (
+    check_finite, check_linear_solver, check_zero_mass_tangents, grad, hvp, weight_factors,
+)
 from ._derivatives.implicit import check_no_epsilon_tangent, forward_only, h_solve, potentials
 from ._forward.config import Config
 from ._forward.lbfgs import LBFGS
@@ -87,7 +89,7 @@ def _with_gradient(value_and_grad, value_only=None):
     return loss
 
 
-def _transport_value_and_grad(solve, expand, fold):
+def _transport_value_and_grad(solve, expand, fold, self_term=False):
     """`(reg_ot_cost, G)` of the coupling `solve(*args, config)`, with the
     matrix-free HVP as the JVP rule of the gradient `G`.
 
@@ -95,6 +97,8 @@ def _transport_value_and_grad(solve, expand, fold):
     maps `(x, y, a, b)` derivatives back to the arguments (both the identity
     for `OT(x, y, a, b)`; for a self term `OT(x, x, a, a)` both arguments
     move together, so tangents are duplicated and derivatives added).
+    `self_term`: refuse weight tangents at zero weights (`check_zero_mass_tangents`:
+    a zero weight there is zero on both sides of the same entry of `P`).
     """
 
     @eqx.filter_custom_jvp
@@ -108,10 +112,11 @@ def _transport_value_and_grad(solve, expand, fold):
         check_no_epsilon_tangent(tangents[-1])
         coupling = solve(*primals, config)
         grads = fold(grad(coupling, throw=config.throw))
-        d_grads = hvp(
-            coupling, *expand(tangents[:-1]), linear_solver=config.linear_solver,
-            throw=config.throw,
-        )
+        dx, dy, da, db = expand(tangents[:-1])
+        if self_term:
+            da, db = check_zero_mass_tangents(coupling, da, db, "`sinkhorn_divergence`'s HVP")
+        d_grads = hvp(coupling, dx, dy, da, db, linear_solver=config.linear_solver,
+                      throw=config.throw)
         pairing = _pairing(grads, tangents[:-1])
         potentials = (coupling.f, coupling.g)
         return (coupling.reg_ot_cost, grads, potentials), (
@@ -138,6 +143,7 @@ _self_value = _with_gradient(
         lambda x, a, epsilon, config: config.solve_self(x, a, epsilon),
         expand=lambda t: (t[0], t[0], t[1], t[1]),
         fold=_fold_self,
+        self_term=True,
     )
 )
 
@@ -158,8 +164,10 @@ def _sharp_value_and_grad(x, y, a, b, epsilon, *, config: Config):
     pc_rows, pc_cols = cost_marginals(coupling)
     u, v = h_solve(x, y, coupling.f, coupling.g, a, b, epsilon, pc_rows, pc_cols, config=config)
     gx, gy = check_finite(sharp_gradients(coupling, u, v), coupling, config.throw)
-    # A weight tangent enters the H-system as `eps (s / tau) da` (`weight_rhs`;
-    # the factors are 1 when balanced).
+    # A weight tangent moves the potentials `(f, g)` as a right-hand side
+    # `eps (s / tau) da` would (docs/unbalanced.md; the factors are 1 when
+    # balanced), so `grad_a = (s_a / tau_a) u`. At a zero weight `u_i` is
+    # finite: its row of H (`P_i`, its diagonal, `pc_rows_i`) scales with `a_i`.
     factor_a, factor_b = weight_factors(coupling)
     return jnp.sum(pc_rows), (gx, gy, factor_a * u, factor_b * v), (coupling.f, coupling.g)
 
@@ -195,6 +203,7 @@ _matrix_self_value = _with_gradient(
         lambda C, ids, a, epsilon, config: config.solve_self(C, a, epsilon, y=ids),
         expand=lambda t: (t[0], None, t[2], t[2]),
         fold=lambda g: (g[0], g[1], g[2] + g[3]),
+        self_term=True,
     )
 )
 

@@ -56,6 +56,7 @@ from ._linear.base import cg_result as cg_result
 from ._linear.base import check_cg_options as check_cg_options
 from ._linear.base import check_h_operator as check_h_operator
 from ._linear.base import default_rtol as default_rtol
+from ._linear.base import fix_gauge as fix_gauge
 from ._linear.base import project_range as project_range
 from ._linear.base import range_shift as range_shift
 from ._linear.block_krylov import NUM_BLOCKS as NUM_BLOCKS
@@ -67,6 +68,8 @@ from ._linear.spectral import AbstractSpectralSolver as AbstractSpectralSolver
 from ._linear.spectral import SpectralState as SpectralState
 from ._linear.spectral import spectral_result as spectral_result
 from ._linear.spectral_cg import deflation as deflation
+from ._core.weights import support as support
+from ._core.weights import zero_weight as zero_weight
 from ._stream.engine import LOGSUMEXP as LOGSUMEXP
 from ._stream.engine import SUM as SUM
 from ._stream.engine import Block as Block
@@ -92,6 +95,7 @@ __all__ = [
     "default_rtol",
     "range_shift",
     "project_range",
+    "fix_gauge",
     "NUM_BLOCKS",
     "OVERSAMPLE",
     # Streaming reductions.
@@ -103,4 +107,7 @@ __all__ = [
     "schur_apply",
     "marginals",
     "row_logsumexp",
+    # Zero weights.
+    "zero_weight",
+    "support",
 ]

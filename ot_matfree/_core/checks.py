@@ -17,6 +17,7 @@ from jaxtyping import Array, Bool, PyTree
 from .costs import column_ids, is_matrix
 from .coupling import BlockSize
 from .results import RESULTS
+from .weights import zero_weight
 
 
 def _tie(tree: PyTree, token: Array) -> PyTree:
@@ -115,11 +116,15 @@ WEIGHT_SUM_TOL = float(np.sqrt(np.finfo(np.float32).eps))
 
 
 def check_weights(name: str, w, size: int, dtype, normalised: bool = True) -> Array:
-    """Positive weights summing to one; uniform when `w` is None. With
-    `normalised=False` (unbalanced OT, where the masses are free) any positive
-    finite weights, as given.
+    """Non-negative weights summing to one; uniform when `w` is None. With
+    `normalised=False` (unbalanced OT, where the masses are free) any
+    non-negative finite weights with a positive sum, as given.
 
-    Rule, one for every dtype: `|sum(w) - 1| <= WEIGHT_SUM_TOL` (3.5e-4, the
+    Zero weights are accepted (a point without mass: how padded batches of
+    clouds of different sizes are written) and stored as `zero_weight(dtype)`
+    (the derivative in `w` is that of `w` itself).
+
+    Rule for the sum, one for every dtype: `|sum(w) - 1| <= WEIGHT_SUM_TOL` (3.5e-4, the
     square root of float32's machine epsilon), the sum taken in the
     computation's dtype. Weights normalised in float32 or float64 pass, also
     when cast to the other (float32-normalised weights cast to float64 sum to
@@ -138,18 +143,19 @@ def check_weights(name: str, w, size: int, dtype, normalised: bool = True) -> Ar
     if w.shape != (size,):
         raise ValueError(f"`{name}` must have shape ({size},) to match the points, got {w.shape}.")
     w = error_if(w, ~jnp.all(jnp.isfinite(w)), f"`{name}` contains NaN or inf.")
-    w = error_if(w, jnp.any(w <= 0), f"`{name}` must be strictly positive.")
-    if not normalised:
-        return w
-    total = jnp.sum(w)
-    w = error_if(
-        w,
-        ~(jnp.abs(total - 1) <= WEIGHT_SUM_TOL),
-        f"`{name}` must sum to 1 (balanced OT) to within {WEIGHT_SUM_TOL:.1e}; normalise it "
-        f"with `{name} / {name}.sum()` (in float32 or float64: bfloat16 and float16 weights "
-        f"cannot sum to 1 that closely).",
-    )
-    return w / jax.lax.stop_gradient(total)
+    w = error_if(w, jnp.any(w < 0), f"`{name}` must be non-negative.")
+    w = error_if(w, ~jnp.any(w > 0), f"`{name}` is all zeros: some point must have mass.")
+    if normalised:
+        total = jnp.sum(w)
+        w = error_if(
+            w,
+            ~(jnp.abs(total - 1) <= WEIGHT_SUM_TOL),
+            f"`{name}` must sum to 1 (balanced OT) to within {WEIGHT_SUM_TOL:.1e}; normalise "
+            f"it with `{name} / {name}.sum()` (in float32 or float64: bfloat16 and float16 "
+            f"weights cannot sum to 1 that closely).",
+        )
+        w = w / jax.lax.stop_gradient(total)
+    return w + jnp.where(w > 0, 0.0, zero_weight(dtype)).astype(dtype)
 
 
 def check_epsilon(epsilon, dtype) -> Array:

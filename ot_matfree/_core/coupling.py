@@ -16,6 +16,7 @@ from .costs import AbstractCost
 from .relaxation import is_balanced
 from .results import RESULTS
 from .sharding import RowSharding
+from .weights import support
 
 #: What every `block_size=` argument accepts: rows per streaming block, `"auto"`
 #: (measured once per reduction and shape, `ot_matfree._stream.engine.autotune`)
@@ -157,6 +158,12 @@ class Coupling(eqx.Module):
     def balanced(self) -> bool:
         """Both marginals are hard constraints (`tau_a = tau_b = 1`)."""
         return is_balanced(self.tau_a, self.tau_b)
+
+    @property
+    def support(self) -> tuple[Bool[Array, " n"], Bool[Array, " m"]]:
+        """The points with mass on each side (`a > ZERO`, `b > ZERO`;
+        `_core/weights.py`): a zero weight is stored as `zero_weight`."""
+        return support(self.a), support(self.b)
 
     @property
     def shape(self) -> tuple[int, int]:

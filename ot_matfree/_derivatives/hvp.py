@@ -22,10 +22,11 @@ from .._core.checks import check_tangent, error_if, error_if_failed
 from .._core.coupling import Coupling, upstream_status
 from .._core.relaxation import conjugate, mass_ratio
 from .._linear.operators import HOperator, h_operator
+from .._stream.engine import apply
 from .._stream.pair import gradients, schur_rhs, tangent_gradients
 from .._core.results import RESULTS
 from .._core.sharding import auto_partitioned
-from .._linear.base import AbstractHSolver
+from .._linear.base import AbstractHSolver, fix_gauge
 from .._linear.cg import CG
 from .._linear.schur import share_pass
 
@@ -102,27 +103,64 @@ def weight_factors(coupling: Coupling, divide: bool = True):
     return s_a / coupling.tau_a, s_b / coupling.tau_b
 
 
-def weight_rhs(coupling: Coupling, da, db):
-    """The weight tangents' part of the H-system's right-hand side:
-    `eps (s / tau) d` per side (`eps d` on a side with `tau = 1`); `None` for
-    a `None` tangent."""
-    eps = coupling.epsilon
-    factor_a, factor_b = weight_factors(coupling)
-    return (None if da is None else eps * factor_a * da,
-            None if db is None else eps * factor_b * db)
+def weight_ratios(coupling: Coupling, da, db):
+    """`(da / a, db / b)`, `None` for a `None` tangent: how weight tangents
+    enter the H-system.
 
-
-def weight_outputs(coupling: Coupling, df, dg, da, db):
-    """The JVP of `weight_gradients` given the potentials' tangent `(df, dg)`.
-
-    Balanced: `(df - eps da / a, dg - eps db / b)`. Relaxed:
-    `d grad_a = (s_a / tau_a) (df - eps da / a) + eps sum(db)`, likewise `b`.
+    In the reduced potentials `h_f = f - eps log a`, `h_g = g - eps log b`
+    (whose tangents are `df - eps da / a`, `dg - eps db / b`) the H-system of
+    a tangent is `H [dh_f; dh_g] = [r - eps P (db / b); s - eps P^T (da / a)]`,
+    `r`, `s` the point tangents' part (`tangent_marginals`; docs/math.md).
+    Solved for `(df, dg)` instead, a weight tangent would enter as
+    `eps (s_a / tau_a) da` and leave as `df - eps da / a`: a difference of
+    two terms of size `eps da / a`, which cancel entirely at a zero weight
+    (stored as `ZERO_WEIGHT`, `_core/checks.py`). `P_ij / a_i` is finite
+    there (the conditional coupling), so no term is large.
     """
-    eps, a, b = coupling.epsilon, coupling.a, coupling.b
-    dh_f = df if da is None else df - eps * da / a
-    dh_g = dg if db is None else dg - eps * db / b
+    return (None if da is None else da / coupling.a,
+            None if db is None else db / coupling.b)
+
+
+#: Raised for the second derivatives that cannot move mass onto a zero weight.
+ZERO_MASS_TANGENT_MSG = (
+    "ot_matfree: this second derivative ({what}) along a weight tangent that is non-zero "
+    "at a zero-weight point is not supported: it would need the change of an H-matrix row "
+    "of the size of the stored zero weight (`zero_weight`, docs/weights.md), which is lost "
+    "in rounding. Tangents that are zero on the zero-weight points (padding) are supported, "
+    "and so is `ot_cost` (and `om.hvp`) along any weight tangent."
+)
+
+
+def check_zero_mass_tangents(coupling: Coupling, da, db, what: str):
+    """`(da, db)`, raising at run time (`ZERO_MASS_TANGENT_MSG`) when either is
+    non-zero at a zero-weight point (`Coupling.support`)."""
+    msg = ZERO_MASS_TANGENT_MSG.format(what=what)
+    mass_a, mass_b = coupling.support
+    if da is not None:
+        da = error_if(da, jnp.any((da != 0) & ~mass_a), msg)
+    if db is not None:
+        db = error_if(db, jnp.any((db != 0) & ~mass_b), msg)
+    return da, db
+
+
+def potential_tangents(coupling: Coupling, dh_f, dh_g, da, db):
+    """`(df, dg)` from the reduced potentials' tangents: `dh + eps d / w` per side."""
+    eps = coupling.epsilon
+    df = dh_f if da is None else dh_f + eps * da / coupling.a
+    dg = dh_g if db is None else dh_g + eps * db / coupling.b
+    return df, dg
+
+
+def weight_outputs(coupling: Coupling, dh_f, dh_g, da, db):
+    """The JVP of `weight_gradients` given the reduced potentials' tangent
+    `(dh_f, dh_g)` (`weight_ratios`).
+
+    Balanced: `(dh_f, dh_g)`. Relaxed:
+    `d grad_a = (s_a / tau_a) dh_f + eps sum(db)`, likewise `b`.
+    """
     if coupling.balanced:
         return dh_f, dh_g
+    eps = coupling.epsilon
     factor_a, factor_b = weight_factors(coupling)
     out_a, out_b = factor_a * dh_f, factor_b * dh_g
     if db is not None:
@@ -186,6 +224,32 @@ def _checked_state(coupling: Coupling, linear_solver, state, operator=None):
     )
 
 
+def _zero_mass_entries(operator: HOperator, r, s, df, dg):
+    """`(df, dg)` with the entries of zero-weight points recomputed from their
+    own rows of the H-system: `df_i = (r_i - (P dg)_i) / H_ii`, likewise `dg_j`.
+
+    Such a row of H is of the size of `ZERO` (`_core/weights.py`), and so is
+    its right-hand side; its solution is of the size of the others. A solver
+    resolves it only to its absolute accuracy over `ZERO` (the dense and the
+    spectral solvers: not at all), while the other entries are exact: row
+    `i` couples to them by `P_i`, of the size of `ZERO`. So they are solved
+    for as they are, and these entries recomputed from them, in one pass
+    (`apply`) that runs only when there are zero weights.
+    """
+    mass_a, mass_b = operator.support
+
+    def recompute(df, dg):
+        df_m, dg_m = jnp.where(mass_a, df, 0), jnp.where(mass_b, dg, 0)
+        p_dg, pt_df = apply(operator.coupling, v=dg_m, u=df_m)
+        diag_a, diag_b = operator.diagonal
+        df = jnp.where(mass_a, df, (r - p_dg) / diag_a)
+        dg = jnp.where(mass_b, dg, (s - pt_df) / diag_b)
+        return fix_gauge(df, dg, operator.support) if operator.balanced else (df, dg)
+
+    zeros = ~(jnp.all(mass_a) & jnp.all(mass_b))
+    return jax.lax.cond(zeros, recompute, lambda df, dg: (df, dg), df, dg)
+
+
 def solve_h(
     coupling: Coupling, r, s, *, linear_solver: AbstractHSolver, state=None, throw: bool,
     operator: HOperator | None = None, pushed=None,
@@ -201,6 +265,7 @@ def solve_h(
     """
     state = _checked_state(coupling, linear_solver, state, operator)
     df, dg, solve_result, stats = linear_solver.solve_split(state, r, s, share_pass(pushed))
+    df, dg = _zero_mass_entries(state.operator, r, s, df, dg)
     upstream = upstream_status(coupling)
     failed = RESULTS.where(
         solve_result == lx.RESULTS.successful, RESULTS.successful, RESULTS.linear_solve_failed
@@ -247,21 +312,22 @@ def _hvp_one(coupling, dx, dy, da, db, linear_solver, solver_state, throw):
         solver_state = _checked_state(coupling, linear_solver, solver_state)
         held = solver_state.operator
         marginal = held.b_hat if coupling.shape[1] > coupling.shape[0] else held.a_hat
-    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, dx, dy, *weight_rhs(coupling, da, db),
+    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, dx, dy, *weight_ratios(coupling, da, db),
                                            marginal)
     if solver_state is None:
         operator = HOperator(coupling, a_hat, b_hat)
     r, s = check_finite((r, s), coupling, throw)
-    df, dg, stats = solve_h(
+    dh_f, dh_g, stats = solve_h(
         coupling, r, s, linear_solver=linear_solver, state=solver_state, throw=throw,
         operator=operator, pushed=pushed,
     )
+    df, dg = potential_tangents(coupling, dh_f, dh_g, da, db)
     out_x, out_y = check_finite(tangent_gradients(coupling, dx, dy, df, dg), coupling, throw)
     # A non-finite cost derivative is the root cause of any failure it leads to.
     finite = finite_status((r, s, out_x, out_y))
     result = stats.pop("result")
     result = RESULTS.where(finite == RESULTS.successful, result, finite)
-    out_a, out_b = weight_outputs(coupling, df, dg, da, db)
+    out_a, out_b = weight_outputs(coupling, dh_f, dh_g, da, db)
     return (out_x, out_y, out_a, out_b), result, stats
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._forward.config import Config
-from .hvp import solve_h, weight_rhs
+from .hvp import check_zero_mass_tangents, potential_tangents, solve_h, weight_ratios
 from .._linear.operators import HOperator, h_operator
 from .._stream.pair import schur_rhs
 
@@ -68,11 +68,14 @@ def _potentials_jvp(primals, tangents, *, config: Config):
     coupling = config.solve(x, y, a, b, epsilon)
     # `None` tangents: terms skipped. H's marginals and the product reducing
     # the H-system to its smaller side come from the same pass.
-    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, tx, ty, *weight_rhs(coupling, ta, tb))
-    df, dg, _ = solve_h(
+    ta, tb = check_zero_mass_tangents(coupling, ta, tb, "`sinkhorn_distance`'s HVP")
+    # Solved in the reduced potentials (`weight_ratios`), then `df = dh_f + eps da / a`.
+    r, s, a_hat, b_hat, pushed = schur_rhs(coupling, tx, ty, *weight_ratios(coupling, ta, tb))
+    dh_f, dh_g, _ = solve_h(
         coupling, r, s, linear_solver=config.linear_solver, throw=config.throw,
         operator=HOperator(coupling, a_hat, b_hat), pushed=pushed,
     )
+    df, dg = potential_tangents(coupling, dh_f, dh_g, ta, tb)
     return (coupling.f, coupling.g), forward_only((df, dg))
 
 

@@ -44,6 +44,7 @@ from .._core.costs import AbstractCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.relaxation import conjugate, is_balanced, target
 from .._core.sharding import RowSharding
+from .._core.weights import support
 from .._stream.engine import row_logsumexp, stream
 
 #: `DualProblem.reg_ot_cost` switches to the streamed form of the value when
@@ -154,6 +155,28 @@ class DualProblem(eqx.Module):
         `f` for this `g` (no pass)."""
         eps = self.epsilon
         return self.row_target(f, eps) * jnp.exp((f - f_next) / (self.tau_a * eps))
+
+    def zero_mass_potentials(self, f, g):
+        """`(f, g)` with the entries of zero-weight points replaced by their
+        updates (the c-transforms `update_f`, `update_g`: the maximisers of
+        the dual there), two passes only when there are zero weights.
+
+        The marginal error weighs a zero-weight point's row by `ZERO`
+        (`_core/weights.py`), so no convergence test sees its potential;
+        Sinkhorn's own last half-step sets `f` there exactly, but an
+        extrapolated step (momentum, Anderson, Newton, L-BFGS) need not.
+        The gradient in `a_i` is that potential (less `eps log a_i`).
+        """
+        mass_a, mass_b = support(self.a), support(self.b)
+
+        def transforms(f, g):
+            geometry = self.coupling(f, g)
+            f = jnp.where(mass_a, f, self.update_f(geometry, g, self.epsilon))
+            g = jnp.where(mass_b, g, self.update_g(geometry, f, self.epsilon))
+            return f, g
+
+        zeros = ~(jnp.all(mass_a) & jnp.all(mass_b))
+        return jax.lax.cond(zeros, transforms, lambda f, g: (f, g), f, g)
 
     def marginal_error(self, row, col) -> Float[Array, ""]:
         """`marginal_error` against this problem's weights."""

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from .._core.weights import support
 from .._linear.base import project_range
 from .._linear.cg import conjugate_gradient
 from .._linear.operators import HOperator
@@ -128,7 +129,8 @@ class NewtonPhase(eqx.Module):
         """The inexact Newton step `(df, dg)` by CG on the normalised Schur
         complement, and the passes it took (CG steps + 2)."""
         p = self.problem
-        r, s = project_range(p.epsilon * (p.a - x.row), p.epsilon * (p.b - x.col))
+        r, s = project_range(p.epsilon * (p.a - x.row), p.epsilon * (p.b - x.col),
+                             (support(p.a), support(p.b)))
         schur = NormalisedSchur.from_h(HOperator(p.coupling(x.f, x.g), x.row, x.col))
         z, stats, image = conjugate_gradient(
             schur.mv, schur.reduce(r, s), rtol=forcing_term(x.err, self.tol),

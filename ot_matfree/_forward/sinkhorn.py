@@ -430,6 +430,7 @@ def _solve(
     problem = DualProblem.create(x, y, a, b, epsilon, cost, block_size, sharding, tau_a, tau_b)
     phase = _lbfgs_solution if isinstance(solver, LBFGS) else _sinkhorn_solution
     f, g, row, err, it, passes, result = phase(problem, solver, f_init, g_init, cold_g)
+    f, g = problem.zero_mass_potentials(f, g)
     coupling = problem.coupling(
         f, g, num_iters=it, marginal_error=err, reg_ot_cost=problem.reg_ot_cost(f, g, jnp.sum(row)),
         result=result, num_passes=passes,

@@ -21,6 +21,7 @@ from .._core.costs import AbstractCost, MatrixCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.relaxation import check_tau
 from .._core.sharding import RowSharding, auto_partitioned
+from .._core.weights import support
 from .confirm import confirm, needs_confirmation
 from .dual import DualProblem
 from .sinkhorn import Sinkhorn, finish, report_progress, sinkhorn_status, solve_placed
@@ -78,6 +79,8 @@ def _solve_symmetric(
             iterations=lambda state: state[0],
         )
         it = state[0]
+    # Zero-weight points: their update (`DualProblem.zero_mass_potentials`).
+    f = jnp.where(support(problem.a), f, tf)
     if sharding is not None:
         f, tf = sharding.place((f, tf), sharding.rows)
     total_mass = jnp.sum(problem.row_sums(f, tf))

@@ -51,14 +51,19 @@ def check_h_operator(operator) -> HOperator:
     return operator
 
 
-def range_shift(r: Float[Array, " n"], s: Float[Array, " m"]) -> Float[Array, ""]:
-    """The `c` with `[r - c; s + c]` orthogonal to the null vector `(1_n, -1_m)`."""
-    n, m = r.shape[0], s.shape[0]
-    return (jnp.sum(r) - jnp.sum(s)) / (n + m)
+def range_shift(r: Float[Array, " n"], s: Float[Array, " m"], support=None) -> Float[Array, ""]:
+    """The `c` with `[r - c u; s + c v]` orthogonal to the null vector
+    `(1_n, -1_m)`: `(u, v)` are ones, or the masks `support` (the points with
+    mass, `Coupling.support`)."""
+    if support is None:
+        count = r.shape[0] + s.shape[0]
+    else:
+        count = (jnp.sum(support[0]) + jnp.sum(support[1])).astype(r.dtype)
+    return (jnp.sum(r) - jnp.sum(s)) / count
 
 
 def project_range(
-    r: Float[Array, " n"], s: Float[Array, " m"]
+    r: Float[Array, " n"], s: Float[Array, " m"], support=None,
 ) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
     """Remove the component of `[r; s]` along H's null vector `(1_n, -1_m)`.
 
@@ -68,9 +73,36 @@ def project_range(
     least-squares solution. On a solution `(df, dg)` it moves it along the
     null vector to the minimum-norm one, leaving every `df_i + dg_j`
     unchanged.
+
+    `support`: for a right-hand side, the masks of the points with mass
+    (`Coupling.support`); the shift stays off the others. Their rows of H
+    are of the size of `ZERO` (a zero weight, `_core/weights.py`), and so
+    are their entries of a right-hand side: a shift of the size of rounding
+    there would move their potentials by rounding over `ZERO`. (With exact
+    zero weights those rows vanish and `e_i` joins the null space: this is
+    the projection onto that H's range.)
     """
-    shift = range_shift(r, s)
-    return r - shift, s + shift
+    shift = range_shift(r, s, support)
+    if support is None:
+        return r - shift, s + shift
+    return r - jnp.where(support[0], shift, 0), s + jnp.where(support[1], shift, 0)
+
+
+def fix_gauge(
+    df: Float[Array, " n"], dg: Float[Array, " m"], support=None,
+) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
+    """The solution `(df - c, dg + c)` of least norm on the points with mass
+    (`support`, `Coupling.support`; all points when `None`): moved along
+    the null vector `(1_n, -1_m)`, every `df_i + dg_j` unchanged. The entries
+    of zero-weight points are left out of `c`: a solver resolves them only
+    to its absolute accuracy over `ZERO` (`_core/weights.py`), and they are
+    recomputed afterwards (`_derivatives/hvp.py`)."""
+    if support is None:
+        return project_range(df, dg)
+    mass_a, mass_b = support
+    count = (jnp.sum(mass_a) + jnp.sum(mass_b)).astype(df.dtype)
+    shift = (jnp.sum(jnp.where(mass_a, df, 0)) - jnp.sum(jnp.where(mass_b, dg, 0))) / count
+    return df - shift, dg + shift
 
 
 def cg_result(stats: dict[str, Array], max_steps: int) -> lx.RESULTS:

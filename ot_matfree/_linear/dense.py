@@ -14,7 +14,7 @@ from jaxtyping import Array, Float
 
 from .operators import HOperator
 from .._core.sharding import auto_partitioned
-from .base import AbstractHSolver, check_h_operator, project_range
+from .base import AbstractHSolver, check_h_operator, fix_gauge, project_range
 
 
 class DenseState(eqx.Module):
@@ -24,18 +24,15 @@ class DenseState(eqx.Module):
     operator: HOperator
     evecs: Float[Array, "k k"]
     inv_evals: Float[Array, " k"]  # 0 on dropped directions
-    root_scale: Float[Array, " k"] | None  # sqrt(diag(a_hat, b_hat)) when normalised
+    root_scale: Float[Array, " k"]  # sqrt(diag(a_hat, b_hat)) when normalised, else 1 on the support
 
     def pinv(self, rhs: Float[Array, "k *c"]) -> Float[Array, "k *c"]:
         """`H_tau^+ rhs` for one right-hand side or a matrix of them (columns)."""
         col = (-1,) + (1,) * (rhs.ndim - 1)
-        if self.root_scale is not None:
-            rhs = rhs / self.root_scale.reshape(col)
+        rhs = rhs / self.root_scale.reshape(col)
         coeffs = jnp.tensordot(self.evecs.T, rhs, axes=1) * self.inv_evals.reshape(col)
         sol = jnp.tensordot(self.evecs, coeffs, axes=1)
-        if self.root_scale is not None:
-            sol = sol / self.root_scale.reshape(col)
-        return sol
+        return sol / self.root_scale.reshape(col)
 
 
 class DenseSolver(AbstractHSolver):
@@ -79,10 +76,15 @@ class DenseSolver(AbstractHSolver):
     @auto_partitioned
     def init(self, operator, options) -> DenseState:
         h = check_h_operator(operator).as_matrix()
-        root = None
-        if self.normalise:
-            root = jnp.sqrt(jnp.concatenate(operator.diagonal))
-            h = h / root[:, None] / root[None, :]
+        root = jnp.sqrt(jnp.concatenate(operator.diagonal))
+        if not self.normalise:
+            # Rows of zero-weight points (`_core/weights.py`) are of the size
+            # of `ZERO`: scaled to the mean diagonal of the others (so that
+            # `lambda_max` and the cut-off stay), they are not cut off as rounding.
+            mass = jnp.concatenate(operator.support)
+            mean = jnp.sum(jnp.where(mass, root**2, 0)) / jnp.sum(mass).astype(root.dtype)
+            root = jnp.where(mass, 1.0, root / jnp.sqrt(mean))
+        h = h / root[:, None] / root[None, :]
         evals, evecs = jnp.linalg.eigh(h)
         cutoff = h.shape[0] * jnp.finfo(h.dtype).eps if self.threshold is None else self.threshold
         keep = evals > cutoff * jnp.max(evals)
@@ -92,13 +94,13 @@ class DenseSolver(AbstractHSolver):
     def solve_split(self, state: DenseState, r, s, options=None):
         balanced = state.operator.balanced
         if balanced:
-            r, s = project_range(r, s)
+            r, s = project_range(r, s, state.operator.support)
         rhs = jnp.concatenate([r, s])
         sol = state.pinv(rhs)
         n = r.shape[0]
         df, dg = sol[:n], sol[n:]
         if balanced:
-            df, dg = project_range(df, dg)
+            df, dg = fix_gauge(df, dg, state.operator.support)
         rhs_norm = jnp.linalg.norm(rhs)
         residual = jnp.linalg.norm(state.operator.mv(sol) - rhs)
         residual = residual / jnp.where(rhs_norm > 0, rhs_norm, 1)

@@ -64,6 +64,11 @@ class HOperator(lx.AbstractLinearOperator):
         return self.coupling.balanced
 
     @property
+    def support(self):
+        """The points with mass on each side (`Coupling.support`)."""
+        return self.coupling.support
+
+    @property
     def diagonal(self) -> tuple[Float[Array, " n"], Float[Array, " m"]]:
         """H's diagonal blocks: `(a_hat / tau_a, b_hat / tau_b)`."""
         return self.a_hat / self.coupling.tau_a, self.b_hat / self.coupling.tau_b

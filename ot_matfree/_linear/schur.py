@@ -27,7 +27,7 @@ from jaxtyping import Array, Float
 
 from .operators import CouplingOperator, HOperator
 from .._stream.engine import schur_apply
-from .base import project_range, range_shift
+from .base import fix_gauge, range_shift
 
 #: Key of lineax's `options` under which ot_matfree's derivative rules hand the
 #: solver `(Q^T (big / p), Q^T (1 / p))` for the right-hand side, computed in
@@ -111,6 +111,12 @@ class NormalisedSchur(eqx.Module):
         return z - jnp.vdot(u, z) * u
 
     @property
+    def support(self):
+        """The points with mass, `(on x, on y)` (`Coupling.support`)."""
+        big, small = self.q_op.coupling.support
+        return (small, big) if self.swapped else (big, small)
+
+    @property
     def root_diagonal(self) -> tuple[Float[Array, " big"], Float[Array, " small"]]:
         """`(sqrt(p / tau_p), sqrt(q / tau_q))`: the square roots of H's diagonal
         on the larger and the smaller side, by which `N` is normalised."""
@@ -192,7 +198,7 @@ class NormalisedSchur(eqx.Module):
         df, dg = (d_small, d_big) if self.swapped else (d_big, d_small)
         if not self.balanced:
             return df, dg
-        return project_range(df, dg)
+        return fix_gauge(df, dg, self.support)
 
 
 def reduced_system(
@@ -217,10 +223,13 @@ def reduced_system(
         # H is nonsingular: every right-hand side is in its range.
         moved = None if pushed is None else pushed[0]
         return schur, r, s, schur.reduce(r, s, moved)
-    shift = range_shift(r, s)
-    r, s = r - shift, s + shift
+    # Shifted on the points with mass only (`project_range`).
+    mask_r, mask_s = operator.support
+    shift = range_shift(r, s, (mask_r, mask_s))
+    r, s = r - jnp.where(mask_r, shift, 0), s + jnp.where(mask_s, shift, 0)
     moved = None
     if pushed is not None:
+        # `Q^T ((big + c 1_supp) / p)`: the zero-mass rows of `Q` are not shifted.
         to_big, to_one = pushed
         moved = to_big + (shift if schur.swapped else -shift) * to_one
     return schur, r, s, schur.reduce(r, s, moved)

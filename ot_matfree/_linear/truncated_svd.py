@@ -32,7 +32,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .base import cg_result, default_rtol, project_range
+from .base import cg_result, default_rtol, fix_gauge, project_range
 from .schur import NormalisedSchur
 from .block_krylov import NUM_BLOCKS, OVERSAMPLE
 from .spectral import AbstractSpectralSolver, spectral_result
@@ -90,7 +90,7 @@ class TruncatedSVD(AbstractSpectralSolver):
         schur = NormalisedSchur.from_h(state.operator)
         balanced = schur.balanced
         if balanced:
-            r, s = project_range(r, s)
+            r, s = project_range(r, s, state.operator.support)
         spec = state.spectrum
         rtol = default_rtol(r.dtype) if self.rtol is None else self.rtol
         # Normalised by H's diagonal, the off-diagonal block is `root_k Pt`
@@ -141,7 +141,7 @@ class TruncatedSVD(AbstractSpectralSolver):
         d_big, d_small = w_big / root_p, w_small / root_q
         df, dg = (d_small, d_big) if schur.swapped else (d_big, d_small)
         if balanced:
-            df, dg = project_range(df, dg)
+            df, dg = fix_gauge(df, dg, state.operator.support)
         num_truncated = jnp.sum(drop)
         stats["num_truncated"] = num_truncated
         stats["num_deflated"] = jnp.sum(keep)

@@ -163,31 +163,51 @@ def gradients(coupling: Coupling) -> tuple[Float[Array, "n d"], Float[Array, "m 
     return stream(coupling, block_fn, col_init=col_init, width=block_width(coupling.cost, d))
 
 
+def _rhs_block(blk, p, t_row, t_col, w_row, w_col):
+    """A block's row and column sums of `P o dC`, minus `eps P w_col` (rows)
+    and `eps P^T w_row` (columns): the H-system's right-hand side in the
+    reduced potentials (`tangent_marginals`). `None` terms are zero."""
+    k, c = p.shape
+    if t_row is None and t_col is None:
+        row, col = jnp.zeros((k,), p.dtype), jnp.zeros((c,), p.dtype)
+    else:
+        pdc = p * _dc_block(blk.cost, blk.x, blk.y, t_row, t_col)
+        row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+    if w_col is not None:
+        row = row - blk.epsilon * (p @ w_col)
+    if w_row is not None:
+        col = col - blk.epsilon * (p.T @ w_row)
+    return row, col
+
+
 def tangent_marginals(
     coupling: Coupling,
     dx: Float[Array, "n d"] | None,
     dy: Float[Array, "m d"] | None,
+    wa: Float[Array, " n"] | None = None,
+    wb: Float[Array, " m"] | None = None,
     *,
     with_marginals: bool = False,
 ):
-    """`(sum_j P_ij dC_ij, sum_i P_ij dC_ij)`, the point part of the HVP's
-    right-hand side, with `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`.
-    `None` tangents are zero.
+    """The right-hand side of the H-system for the tangent `(dx, dy, da, db)`
+    in the reduced potentials (docs/math.md): `r = sum_j P_ij dC_ij - eps P wb`,
+    `s = sum_i P_ij dC_ij - eps P^T wa`, with
+    `dC_ij = <grad_1 c_ij, dx_i> + <grad_2 c_ij, dy_j>`, `wa = da / a` and
+    `wb = db / b`. `None` tangents are zero.
 
     With `with_marginals`, also `(P 1, P^T 1)` from the same pass (the
     H-matrix's diagonal, which the HVP needs next): returns `(r, s, P 1, P^T 1)`.
     """
     (n, _), (m, d) = coupling.x.shape, coupling.y.shape
     dtype = coupling.x.dtype
-    if dx is None and dy is None:
+    if dx is None and dy is None and wa is None and wb is None:
         zeros = jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
         return (*zeros, *marginals(coupling)) if with_marginals else zeros
 
     def block_fn(blk, rows, cols):
-        (dxb,), (dyc,) = rows, cols
+        (dxb, wab), (dyc, wbc) = rows, cols
         p = blk.probs()
-        pdc = p * _dc_block(blk.cost, blk.x, blk.y, dxb, dyc)
-        row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
+        row, col = _rhs_block(blk, p, dxb, dyc, wab, wbc)
         if not with_marginals:
             return row, col
         return (row, jnp.sum(p, axis=1)), (col, jnp.sum(p, axis=0))
@@ -196,7 +216,7 @@ def tangent_marginals(
     if with_marginals:
         col_init = (col_init, col_init)
     rows, cols = stream(
-        coupling, block_fn, (dx,), (dy,), col_init, width=block_width(coupling.cost, d)
+        coupling, block_fn, (dx, wa), (dy, wb), col_init, width=block_width(coupling.cost, d)
     )
     if not with_marginals:
         return rows, cols
@@ -208,17 +228,18 @@ def schur_rhs(
     coupling: Coupling,
     dx: Float[Array, "n d"] | None,
     dy: Float[Array, "m d"] | None,
-    extra_r: Float[Array, " n"] | None = None,
-    extra_s: Float[Array, " m"] | None = None,
+    wa: Float[Array, " n"] | None = None,
+    wb: Float[Array, " m"] | None = None,
     marginal: Float[Array, " big"] | None = None,
 ):
     """The HVP's right-hand side and the product its Schur reduction needs, in one pass.
 
-    `r = sum_j P_ij dC_ij + extra_r`, `s = sum_i P_ij dC_ij + extra_s` (as
-    `tangent_marginals`; `None` terms are zero). With `Q` the coupling
+    `r`, `s` as `tangent_marginals` (`wa = da / a`, `wb = db / b`; `None`
+    terms are zero). With `Q` the coupling
     oriented (larger side) x (smaller side) (`P`, or `P^T` when `m > n`, as
     in `_linear/schur.py`), `big` the part of `[r; s]` on `Q`'s rows and
-    `p` `Q`'s row marginal, also `pushed = (Q^T (big / p), Q^T (1 / p))`,
+    `p` `Q`'s row marginal, also `pushed = (Q^T (big / p), Q^T (1_supp / p))`
+    (`1_supp` the mask of `Q`'s rows with mass, `Coupling.support`),
     which the reduction of the H-system to the smaller side would otherwise
     compute in a pass of its own (`_linear.schur.reduced_system`). `Q` is
     streamed with its rows as row blocks, so a block's `big` and `p` are
@@ -237,32 +258,24 @@ def schur_rhs(
     dtype = coupling.x.dtype
     if coupling.sharding is not None:
         if marginal is None:
-            r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, with_marginals=True)
+            r, s, a_hat, b_hat = tangent_marginals(coupling, dx, dy, wa, wb, with_marginals=True)
         else:
-            (r, s), a_hat, b_hat = tangent_marginals(coupling, dx, dy), None, None
-        r = r if extra_r is None else r + extra_r
-        s = s if extra_s is None else s + extra_s
+            (r, s), a_hat, b_hat = tangent_marginals(coupling, dx, dy, wa, wb), None, None
         return r, s, a_hat, b_hat, None
     swapped = m > n
     q = coupling.transpose() if swapped else coupling
-    rows = (dy, extra_s, marginal) if swapped else (dx, extra_r, marginal)
-    cols = (dx,) if swapped else (dy,)
-    extra_small = extra_r if swapped else extra_s
+    mass = q.support[0].astype(dtype)
+    rows = (dy, wb, marginal, mass) if swapped else (dx, wa, marginal, mass)
+    cols = (dx, wa) if swapped else (dy, wb)
 
     def block_fn(blk, rows, cols):
-        (t_row, e_row, p_row), (t_col,) = rows, cols
+        (t_row, w_row, p_row, mass_row), (t_col, w_col) = rows, cols
         p = blk.probs()
-        k, c = p.shape
-        if t_row is None and t_col is None:
-            row, col = jnp.zeros((k,), dtype), jnp.zeros((c,), dtype)
-        else:
-            pdc = p * _dc_block(blk.cost, blk.x, blk.y, t_row, t_col)
-            row, col = jnp.sum(pdc, axis=1), jnp.sum(pdc, axis=0)
-        big = row if e_row is None else row + e_row
+        big, col = _rhs_block(blk, p, t_row, t_col, w_row, w_col)
         row_marginal = jnp.sum(p, axis=1) if p_row is None else p_row
         # Padded rows have no mass: their share is zero, not 0 / 0.
         inv = jnp.where(blk.valid, 1 / jnp.where(blk.valid, row_marginal, 1), 0.0)
-        pushed = (p.T @ (big * inv), p.T @ inv)
+        pushed = (p.T @ (big * inv), p.T @ (inv * mass_row))
         if p_row is not None:
             return big, (col, pushed)
         return (big, row_marginal), (col, pushed, jnp.sum(p, axis=0))
@@ -277,8 +290,6 @@ def schur_rhs(
     else:
         (big, big_marginal), (small_rhs, pushed) = (row_out, None), col_out
         small_marginal = None
-    if extra_small is not None:
-        small_rhs = small_rhs + extra_small
     if swapped:
         return small_rhs, big, small_marginal, big_marginal, pushed
     return big, small_rhs, big_marginal, small_marginal, pushed

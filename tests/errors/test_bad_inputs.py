@@ -34,7 +34,7 @@ def test_shape_errors(data):
     [
         (lambda x, y, a, b: (x.at[0, 0].set(jnp.nan), y, a, b), "`x` contains NaN"),
         (lambda x, y, a, b: (x, y.at[1, 1].set(jnp.inf), a, b), "`y` contains NaN"),
-        (lambda x, y, a, b: (x, y, a.at[0].set(-a[0]), b), "`a` must be strictly positive"),
+        (lambda x, y, a, b: (x, y, a.at[0].set(-a[0]), b), "`a` must be non-negative"),
         (lambda x, y, a, b: (x, y, a, 2 * b), "`b` must sum to 1"),
     ],
 )

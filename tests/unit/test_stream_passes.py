@@ -95,6 +95,14 @@ def _scans(jaxpr):
             fixed += 1
         elif eqn.primitive.name == "while":
             loop += _scans(eqn.params["body_jaxpr"].jaxpr)[0]
+        elif eqn.primitive.name == "cond":
+            # The passes of the branch that runs when no weight is zero: the
+            # HVP's one `cond` with a pass recomputes the entries of
+            # zero-weight points (`hvp._zero_mass_entries`), its other branch
+            # is the identity.
+            counts = [_scans(branch.jaxpr) for branch in eqn.params["branches"]]
+            f, lp = min(counts)
+            fixed, loop = fixed + f, loop + lp
         else:
             for s in subs(eqn):
                 f, lp = _scans(s)
