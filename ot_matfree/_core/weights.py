@@ -32,5 +32,6 @@ def zero_weight(dtype) -> float:
 
 
 def support(w: Float[Array, " n"]) -> Bool[Array, " n"]:
-    """The points with mass: `w > zero_weight(w.dtype)`."""
+    """The points with mass: `w > zero_weight(w.dtype)`, a boolean mask (a
+    zero weight is stored as `zero_weight`, so it is `False` exactly there)."""
     return w > zero_weight(w.dtype)

@@ -55,11 +55,13 @@ def range_shift(r: Float[Array, " n"], s: Float[Array, " m"], support=None) -> F
     """The `c` with `[r - c u; s + c v]` orthogonal to the null vector
     `(1_n, -1_m)`: `(u, v)` are ones, or the masks `support` (the points with
     mass, `Coupling.support`)."""
+    n, m = r.shape[0], s.shape[0]
+    shift = (jnp.sum(r) - jnp.sum(s)) / (n + m)
     if support is None:
-        count = r.shape[0] + s.shape[0]
-    else:
-        count = (jnp.sum(support[0]) + jnp.sum(support[1])).astype(r.dtype)
-    return (jnp.sum(r) - jnp.sum(s)) / count
+        return shift
+    count = (jnp.sum(support[0]) + jnp.sum(support[1])).astype(r.dtype)
+    # (Bit for bit the unmasked shift when every point has mass.)
+    return jnp.where(count == n + m, shift, (jnp.sum(r) - jnp.sum(s)) / count)
 
 
 def project_range(
@@ -101,7 +103,9 @@ def fix_gauge(
         return project_range(df, dg)
     mass_a, mass_b = support
     count = (jnp.sum(mass_a) + jnp.sum(mass_b)).astype(df.dtype)
-    shift = (jnp.sum(jnp.where(mass_a, df, 0)) - jnp.sum(jnp.where(mass_b, dg, 0))) / count
+    masked = (jnp.sum(jnp.where(mass_a, df, 0)) - jnp.sum(jnp.where(mass_b, dg, 0))) / count
+    # (Bit for bit `project_range` when every point has mass.)
+    shift = jnp.where(count == df.shape[0] + dg.shape[0], range_shift(df, dg), masked)
     return df - shift, dg + shift
 
 

@@ -111,9 +111,12 @@ def test_uniform_weights_default():
     assert rel_err(hess, ref) < RTOL
 
 
-# (The weights' case is slow, 22 s: test_derivatives.py checks weight Hessians
-# against ott-jax, and the divergence is three such terms.)
-@pytest.mark.parametrize("arg", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["x", "a"])
+# Both with --runslow only (34 s and 22 s, mostly ott-jax's Hessian): in CI,
+# test_unbalanced.py's test_sinkhorn_divergence_hvp[1.0] checks the balanced
+# divergence's HVP in (x, a) against differences of a dense oracle, and
+# test_derivatives.py checks weight Hessians against ott-jax.
+@pytest.mark.parametrize("arg", [pytest.param(0, marks=pytest.mark.slow),
+                                 pytest.param(2, marks=pytest.mark.slow)], ids=["x", "a"])
 def test_divergence_hessian(arg):
     x, y, a, b = problem(4, N, M, D)
     hess = jax.jit(jax.hessian(ours(om.sinkhorn_divergence), argnums=arg))(x, y, a, b)

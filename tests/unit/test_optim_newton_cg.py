@@ -180,11 +180,10 @@ def test_registration_recovers_rotation_and_scale():
     assert stats["num_hvps"] > stats["num_steps"]
 
 
-# The Sinkhorn case (14 s) runs with --runslow only: the warm start reaches NewtonCG's
-# loss the same way for both solvers, and Sinkhorn's own warm start is tested in
-# test_forward_sinkhorn.py.
-@pytest.mark.parametrize("kind", [pytest.param(om.Sinkhorn, marks=pytest.mark.slow),
-                                  om.LBFGS])
+# The L-BFGS case (24 s) runs with --runslow only: the warm start reaches NewtonCG's
+# loss the same way for both solvers, and L-BFGS's own warm starts through the
+# losses are tested in test_forward_lbfgs.py.
+@pytest.mark.parametrize("kind", [om.Sinkhorn, pytest.param(om.LBFGS, marks=pytest.mark.slow)])
 def test_warm_start_saves_iterations_not_accuracy(kind):
     # Each forward solve starts from the last accepted point's potentials:
     # the same minimiser and the same steps, fewer iterations (Sinkhorn's or
