@@ -58,6 +58,23 @@ def marginal_error(row, col, a, b) -> Float[Array, ""]:
     return jnp.sum(jnp.abs(row - a)) + jnp.sum(jnp.abs(col - b))
 
 
+def settle_zero_mass(potential, sums, weights, log_weights, epsilon):
+    """`(potential, sums)` with the entries of zero-weight points
+    (`_core/weights.py`) at their c-transforms: `h + eps (log w - log sums)`,
+    exact given the other side's potential (a row's sum is `exp(h_i / eps)`
+    times a factor without `h_i`), and their sums then equal to their weights.
+    No pass: `sums` are the coupling's marginals on this side. Balanced only.
+
+    A zero-weight point's potential does not enter any marginal error (its
+    row is of the size of `ZERO`), so the quasi-Newton solvers (Newton
+    steps, L-BFGS) keep it out of their steps and settle it this way.
+    """
+    fix = ~support(weights) & (sums > 0)
+    safe = jnp.where(fix, sums, 1.0)
+    potential = jnp.where(fix, potential + epsilon * (log_weights - jnp.log(safe)), potential)
+    return potential, jnp.where(fix, weights, sums)
+
+
 def update_error(weights, f, f_next, epsilon, tau: float = 1.0) -> Float[Array, ""]:
     """`|P 1 - a_opt|_1` of the coupling `(f, g)` from `f_next`, the update of
     `f` for this `g` (`weights` is `a`).

@@ -31,9 +31,10 @@ from jaxtyping import Array, Float
 
 from .._core.checks import check_counts, check_tolerance
 from .._core.results import RESULTS
+from .._core.weights import support
 from .._stream.engine import apply, stream
 from .confirm import confirm, needs_confirmation
-from .dual import DualProblem
+from .dual import DualProblem, settle_zero_mass
 
 #: Armijo's sufficient-decrease constant and the backtracking factor.
 ARMIJO = 1e-4
@@ -150,6 +151,15 @@ def _direction(state: _State, h0, memory: int):
     return -r
 
 
+def _zero_mass_columns(problem: DualProblem, g, grad):
+    """`g` with its zero-weight columns at their c-transforms and the gradient
+    `P^T 1 - b` there then zero (`dual.settle_zero_mass`, from the column
+    sums `grad + b` of the pass that gave `grad`; their change moves `f` and
+    the rows by `ZERO`)."""
+    g, cols = settle_zero_mass(g, grad + problem.b, problem.b, problem.log_b, problem.epsilon)
+    return g, jnp.where(support(problem.b), grad, cols - problem.b)
+
+
 def _error(problem: DualProblem, rows, grad):
     """The L1 marginal error from a semi-dual pass's row sums and gradient."""
     return jnp.sum(jnp.abs(rows - problem.a)) + jnp.sum(jnp.abs(grad))
@@ -162,6 +172,7 @@ def lbfgs_phase(problem: DualProblem, solver: LBFGS, g0, report):
     on to a lower target when it fails (`confirm.confirm`, issue 21 defect 12).
     """
     f, value, grad, rows = semi_dual_pass(problem, g0)
+    g0, grad = _zero_mass_columns(problem, g0, grad)
     zeros = jnp.zeros((solver.memory, g0.shape[0]), g0.dtype)
     state = _State(
         jnp.asarray(0), g0, f, value, grad, rows, _error(problem, rows, grad), zeros, zeros,
@@ -196,7 +207,12 @@ def _lbfgs_loop(problem: DualProblem, solver: LBFGS, state: "_State", target, li
     """L-BFGS steps from `state` until its error is `<= target`, `limit` steps,
     a NaN error or a failed line search."""
     memory = solver.memory
-    h0 = problem.epsilon / problem.b
+    # Zero-weight columns (`_core/weights.py`) take no quasi-Newton step: their
+    # gradient is of the size of `ZERO` while `eps / b` is 1 / `ZERO`, which
+    # wrecks the curvature pairs. Their `g` is set to its c-transform after
+    # every accepted step instead (`_zero_mass_columns`).
+    mass_b = support(problem.b)
+    h0 = jnp.where(mass_b, problem.epsilon / problem.b, 0.0)
     g0 = state.g
 
     def error(rows, grad):
@@ -237,12 +253,13 @@ def _lbfgs_loop(problem: DualProblem, solver: LBFGS, state: "_State", target, li
         trials, t, ok, (f, value, grad, rows, err) = jax.lax.while_loop(
             search_cond, search_body, init
         )
+        g_new, grad = _zero_mass_columns(problem, state.g + t * d, grad)
         s, y = t * d, grad - state.grad
         keep = ok & (jnp.dot(s, y) > 1e-12 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
         slot = state.count % memory
         new = _State(
             state.it + 1,
-            jnp.where(ok, state.g + s, state.g),
+            jnp.where(ok, g_new, state.g),
             jnp.where(ok, f, state.f),
             jnp.where(ok, value, state.value),
             jnp.where(ok, grad, state.grad),

@@ -52,7 +52,7 @@ from .._linear.cg import conjugate_gradient
 from .._linear.operators import HOperator
 from .._linear.schur import NormalisedSchur
 from .._stream.engine import marginals
-from .dual import DualProblem
+from .dual import DualProblem, settle_zero_mass
 
 #: CG steps per Newton step at most.
 CG_MAX_STEPS = 1000
@@ -116,8 +116,12 @@ class NewtonPhase(eqx.Module):
         return self.it0 + (passes - self.passes0 + 1) // 2
 
     def point(self, f, g) -> DualPoint:
-        """`(f, g)` with its marginals (one pass)."""
-        row, col = marginals(self.problem.coupling(f, g))
+        """`(f, g)` with its marginals (one pass), the potentials of zero-weight
+        points settled at their c-transforms (`dual.settle_zero_mass`)."""
+        p = self.problem
+        row, col = marginals(p.coupling(f, g))
+        f, row = settle_zero_mass(f, row, p.a, p.log_a, p.epsilon)
+        g, col = settle_zero_mass(g, col, p.b, p.log_b, p.epsilon)
         return DualPoint(f, g, row, col, self.problem.marginal_error(row, col))
 
     def dual(self, f, g, row):
@@ -138,6 +142,9 @@ class NewtonPhase(eqx.Module):
             final_product=schur.mv_and_image,
         )
         df, dg = schur.recover(z, r, s, image)
+        # Zero-weight points are settled by `point`, not moved by the step
+        # (their linearised moves are meaningless and would cap `t_max`).
+        df, dg = jnp.where(support(p.a), df, 0.0), jnp.where(support(p.b), dg, 0.0)
         return df, dg, stats["num_steps"] + 2
 
     def trial(self, x: DualPoint, df, dg, t, value, slope, noise):
