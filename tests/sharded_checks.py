@@ -12,7 +12,7 @@ and exits with status 1 if any failed.
 `--full` runs every check (`pytest --runslow`); without it, a subset that
 still touches every sharded code path (solve, grad, grad_x, hvp on both kinds
 of mesh axes, `jit`, batched tangents, one loss's value, gradient and HVP,
-the errors) runs in CI: the hvp_x of each linear solver, the spectrum, the
+`ot_cost` with zero weights, the errors) runs in CI: the hvp_x of each linear solver, the spectrum, the
 other two losses and NewtonCG (3 steps) go through the same reductions.
 """
 
@@ -162,6 +162,22 @@ def main(full: bool):
             check(f"{name} value", out[0], ref[0])
             check(f"{name} grad", out[1], ref[1], out[1])
             check(f"{name} jvp(grad)", d_out[1], d_ref[1], d_out[1])
+
+        # Zero weights (`a[0] = b[3] = 0`): their entries recomputed after the
+        # H-solve (one more pass round the ring), the support-masked shifts.
+        x, y, a, b = args
+        a0, b0 = a.at[0].set(0.0), b.at[3].set(0.0)
+        zero_args = (x, y, a0 / a0.sum(), b0 / b0.sum())
+
+        def ot_value_and_grad(*z):
+            return jax.value_and_grad(om.ot_cost, argnums=(0, 1, 2, 3))(
+                *z, epsilon=EPS, solver=SOLVER)
+
+        out, d_out = jax.jvp(ot_value_and_grad, split(explicit, zero_args), s_tangents)
+        ref, d_ref = jax.jvp(ot_value_and_grad, zero_args, tangents)
+        check("explicit ot_cost, zero weights: value", out[0], ref[0])
+        check("explicit ot_cost, zero weights: grad", out[1], ref[1], out[1])
+        check("explicit ot_cost, zero weights: jvp(grad)", d_out[1], d_ref[1], d_out[1])
 
         # A cost matrix with its rows split (the column indices travel round the
         # ring like a cloud), solved by L-BFGS (its two-pass sharded step).
