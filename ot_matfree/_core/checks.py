@@ -17,7 +17,7 @@ from jaxtyping import Array, Bool, PyTree
 from .costs import column_ids, is_matrix
 from .coupling import BlockSize
 from .results import RESULTS
-from .weights import zero_weight
+from .weights import store_zeros
 
 
 def _tie(tree: PyTree, token: Array) -> PyTree:
@@ -155,7 +155,7 @@ def check_weights(name: str, w, size: int, dtype, normalised: bool = True) -> Ar
             f"weights cannot sum to 1 that closely).",
         )
         w = w / jax.lax.stop_gradient(total)
-    return w + jnp.where(w > 0, 0.0, zero_weight(dtype)).astype(dtype)
+    return store_zeros(w)
 
 
 def check_epsilon(epsilon, dtype) -> Array:

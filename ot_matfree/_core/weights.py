@@ -5,6 +5,7 @@ Layer `_core`, below everything. `check_weights` stores a zero weight as
 the points without mass (projections onto the H-matrix's range).
 """
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
@@ -35,3 +36,14 @@ def support(w: Float[Array, " n"]) -> Bool[Array, " n"]:
     """The points with mass: `w > zero_weight(w.dtype)`, a boolean mask (a
     zero weight is stored as `zero_weight`, so it is `False` exactly there)."""
     return w > zero_weight(w.dtype)
+
+
+def store_zeros(w: Float[Array, " n"]) -> Float[Array, " n"]:
+    """`w` with its zero entries replaced by `zero_weight(w.dtype)` (the
+    derivative in `w` is that of `w` itself)."""
+    return w + jnp.where(w > 0, 0.0, zero_weight(w.dtype)).astype(w.dtype)
+
+
+def any_zero(*masks: Bool[Array, " n"]) -> Bool[Array, ""]:
+    """Whether any of the `support` masks has a point without mass."""
+    return ~jnp.all(jnp.stack([jnp.all(mask) for mask in masks]))

@@ -22,6 +22,7 @@ from .._core.checks import check_tangent, error_if, error_if_failed
 from .._core.coupling import Coupling, upstream_status
 from .._core.relaxation import conjugate, mass_ratio
 from .._linear.operators import HOperator, h_operator
+from .._core.weights import any_zero
 from .._stream.engine import apply
 from .._stream.pair import gradients, schur_rhs, tangent_gradients
 from .._core.results import RESULTS
@@ -114,7 +115,7 @@ def weight_ratios(coupling: Coupling, da, db):
     Solved for `(df, dg)` instead, a weight tangent would enter as
     `eps (s_a / tau_a) da` and leave as `df - eps da / a`: a difference of
     two terms of size `eps da / a`, which cancel entirely at a zero weight
-    (stored as `ZERO_WEIGHT`, `_core/checks.py`). `P_ij / a_i` is finite
+    (stored as `zero_weight`, `_core/weights.py`). `P_ij / a_i` is finite
     there (the conditional coupling), so no term is large.
     """
     return (None if da is None else da / coupling.a,
@@ -246,8 +247,7 @@ def _zero_mass_entries(operator: HOperator, r, s, df, dg):
         dg = jnp.where(mass_b, dg, (s - pt_df) / diag_b)
         return fix_gauge(df, dg, operator.support) if operator.balanced else (df, dg)
 
-    zeros = ~(jnp.all(mass_a) & jnp.all(mass_b))
-    return jax.lax.cond(zeros, recompute, lambda df, dg: (df, dg), df, dg)
+    return jax.lax.cond(any_zero(mass_a, mass_b), recompute, lambda df, dg: (df, dg), df, dg)
 
 
 def solve_h(

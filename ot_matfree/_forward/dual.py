@@ -44,7 +44,7 @@ from .._core.costs import AbstractCost, SqEuclidean
 from .._core.coupling import BlockSize, Coupling
 from .._core.relaxation import conjugate, is_balanced, target
 from .._core.sharding import RowSharding
-from .._core.weights import support
+from .._core.weights import any_zero, support
 from .._stream.engine import row_logsumexp, stream
 
 #: `DualProblem.reg_ot_cost` switches to the streamed form of the value when
@@ -192,8 +192,7 @@ class DualProblem(eqx.Module):
             g = jnp.where(mass_b, g, self.update_g(geometry, f, self.epsilon))
             return f, g
 
-        zeros = ~(jnp.all(mass_a) & jnp.all(mass_b))
-        return jax.lax.cond(zeros, transforms, lambda f, g: (f, g), f, g)
+        return jax.lax.cond(any_zero(mass_a, mass_b), transforms, lambda f, g: (f, g), f, g)
 
     def marginal_error(self, row, col) -> Float[Array, ""]:
         """`marginal_error` against this problem's weights."""

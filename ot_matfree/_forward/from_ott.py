@@ -7,7 +7,7 @@ from .._core.costs import MatrixCost, as_cost, column_ids
 from .._core.coupling import BlockSize, Coupling
 from .._core.results import RESULTS
 from .._core.sharding import row_sharding
-from .._core.weights import zero_weight
+from .._core.weights import store_zeros, zero_weight
 from .dual import DualProblem, marginal_error
 from .sinkhorn import finish
 from .._stream.engine import marginals
@@ -75,8 +75,7 @@ def from_ott(output, *, block_size: BlockSize = None, throw: bool = True) -> Cou
     block_size = check_block_size(block_size)
     # Zero weights: ott-jax's potentials are -inf there. Stored as `zero_weight`
     # with their c-transforms (`DualProblem.zero_mass_potentials`), as `solve` does.
-    a = a + jnp.where(a > 0, 0.0, zero_weight(a.dtype)).astype(a.dtype)
-    b = b + jnp.where(b > 0, 0.0, zero_weight(b.dtype)).astype(b.dtype)
+    a, b = store_zeros(a), store_zeros(b)
     # (A placeholder far below the others first, so that neither c-transform
     # counts the other side's zero-weight points.)
     low = 2 * epsilon * jnp.log(zero_weight(f.dtype))
